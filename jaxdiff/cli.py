@@ -1,0 +1,70 @@
+"""`jaxdiff <command>`: the single entry point. Parses configs and calls pipelines.
+
+Every command that runs a job takes `--config NAME_OR_PATH` (a preset in `configs/` or a
+Python file with `get_config()`) and overrides `--config.a.b=value`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+COMMANDS = {
+    "evaluate": ("evaluate_digits", "train fresh networks on a real subset / full data / a saved "
+                 "synthetic set and test on the real test split"),
+    "show": (None, "write PNG grids of the image sets in a run directory"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxdiff",
+        description="jaxdiff: diffusion test-time sampling and dataset reduction in JAX.",
+        epilog="Config overrides: --config.section.key=value (unknown keys are rejected and "
+               "the valid keys listed). Presets live in configs/.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (default, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_)
+        if name == "show":
+            sp.add_argument("run_dir", help="a run directory (or a synthetic.npz file)")
+            sp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/show.png)")
+            sp.add_argument("--max-images", type=int, default=400)
+        else:
+            sp.add_argument("--config", default=default,
+                            help=f"preset name in configs/ or path to a config file (default: {default})")
+            sp.add_argument("--resume", action="store_true", help="resume from the run's last checkpoint")
+            sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jaxdiff.config_utils import build_config, parse_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_name, overrides, rest = parse_overrides(argv)
+    parser = _parser()
+    args = parser.parse_args(rest + (["--config", config_name] if config_name else []))
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command == "show":
+        from jaxdiff.pipelines.show import show
+        print(show(args.run_dir, out=args.out, max_images=args.max_images))
+        return 0
+    try:
+        config = build_config(args.config, overrides)
+    except (KeyError, TypeError, FileNotFoundError, ValueError) as e:
+        parser.exit(2, f"jaxdiff {args.command}: {e.args[0] if e.args else e}\n")
+    if "resume" in config:
+        config.resume = bool(args.resume or config.resume)
+    if args.print_config:
+        print(config)
+        return 0
+    if args.command == "evaluate":
+        from jaxdiff.pipelines import evaluate
+        evaluate.run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

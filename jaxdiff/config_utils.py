@@ -1,0 +1,145 @@
+"""Config files (`configs/*.py` with `get_config()`) and `--config.a.b=value` overrides.
+
+The convention of the Flax examples and big_vision, without absl: a config is an
+`ml_collections.ConfigDict`; overrides are parsed as Python literals when possible and must name
+an existing key (an unknown key is rejected with the list of valid keys).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from pathlib import Path
+
+import ml_collections
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def config_search_dirs() -> list[Path]:
+    return [Path.cwd() / "configs", REPO_CONFIGS]
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path to a config file, or a preset name looked up in `configs/` (cwd, then the repo)."""
+    p = Path(name_or_path)
+    if p.suffix == ".py" and p.exists():
+        return p.resolve()
+    stem = p.stem if p.suffix == ".py" else name_or_path
+    for d in config_search_dirs():
+        cand = d / f"{stem}.py"
+        if cand.exists():
+            return cand.resolve()
+    known = sorted({f.stem for d in config_search_dirs() if d.is_dir() for f in d.glob("*.py")
+                    if not f.stem.startswith("_")})
+    raise FileNotFoundError(f"unknown config {name_or_path!r}: not a file, and no preset of that "
+                            f"name in {[str(d) for d in config_search_dirs()]}. Presets: {known}")
+
+
+def load_config(name_or_path: str) -> ml_collections.ConfigDict:
+    """Import a config file and call its `get_config()`."""
+    path = resolve_config_path(name_or_path)
+    spec = importlib.util.spec_from_file_location(f"jaxdiff_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} defines no get_config()")
+    config = module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(config)
+    return config
+
+
+def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf of the config."""
+    keys = []
+    for k, v in config.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(all_keys(v, name + "."))
+        else:
+            keys.append(name)
+    return keys
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string such as `cifar10_jpeg`
+
+
+def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+    """Set `config.<dotted> = literal(text)`, keeping the field's type; clear errors otherwise."""
+    parts = dotted.split(".")
+    node = config
+    for i, part in enumerate(parts):
+        valid = all_keys(config)
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise KeyError(f"unknown config key {dotted!r}. Valid keys: {', '.join(valid)}")
+        if i < len(parts) - 1:
+            node = node[part]
+    leaf = parts[-1]
+    old = node[leaf]
+    value = _parse_value(text)
+    if isinstance(old, str) and not isinstance(value, str):
+        value = text  # e.g. --config.data.name=123 where a string is expected
+    if old is None or isinstance(old, ml_collections.ConfigDict):
+        node[leaf] = value
+        return
+    if isinstance(old, bool) and not isinstance(value, bool):
+        raise TypeError(f"config key {dotted!r} expects true/false (True/False), got {text!r}")
+    if isinstance(old, (tuple, list)) and not isinstance(value, (tuple, list)):
+        value = (value,)
+    try:
+        node[leaf] = type(old)(value) if isinstance(old, (tuple, list)) else value
+    except TypeError as e:
+        raise TypeError(f"config key {dotted!r} expects {type(old).__name__}, got {text!r}") from e
+
+
+def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]], list[str]]:
+    """Split argv into (config name/path, [(dotted key, value text)], remaining args)."""
+    config = None
+    overrides, rest = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--config" and i + 1 < len(argv):
+            config = argv[i + 1]
+            i += 2
+            continue
+        if a.startswith("--config="):
+            config = a.split("=", 1)[1]
+        elif a.startswith("--config."):
+            body = a[len("--config."):]
+            if "=" in body:
+                k, v = body.split("=", 1)
+            elif i + 1 < len(argv):
+                k, v = body, argv[i + 1]
+                i += 1
+            else:
+                raise ValueError(f"override {a} has no value")
+            overrides.append((k, v))
+        else:
+            rest.append(a)
+        i += 1
+    return config, overrides, rest
+
+
+def build_config(name_or_path: str, overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+    config = load_config(name_or_path)
+    for k, v in overrides:
+        apply_override(config, k, v)
+    return config
+
+
+def require_choice(config_value, allowed, key: str):
+    """Validate an enumerated config value with a message naming the key and the allowed values."""
+    if config_value not in allowed:
+        raise ValueError(f"config key {key!r} = {config_value!r} is not one of {sorted(allowed)}")
+    return config_value
+
+
+def expand_path(p: str) -> str:
+    return os.path.abspath(os.path.expanduser(p))

@@ -1,0 +1,106 @@
+"""A resumable training loop: jitted steps, metrics, progress, NaN guard, Orbax checkpoints.
+
+Every long-running driver (distillation, expert training, denoiser training) runs through
+`run_loop`, so all of them resume the same way: the full loop state — a pytree holding
+parameters, optimiser state, the step counter's RNG key and anything else the step needs — is
+saved every `checkpoint_every` steps together with the config fingerprint and the metrics so far,
+and `resume=True` continues from the latest checkpoint to the same result as an uninterrupted
+run (the step function must derive its randomness from the step index, e.g.
+`fold_in(key, step)`, never from Python state).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxdiff.checkpoint import Checkpointer, config_fingerprint
+from jaxdiff.metrics import MetricWriter, check_finite
+
+StepFn = Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]]
+
+
+def _all_finite(tree) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree)
+              if hasattr(x, "dtype") and np.issubdtype(np.asarray(x).dtype, np.floating)]
+    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves)
+
+
+def run_loop(
+    step_fn: StepFn,
+    init_state: Any,
+    num_steps: int,
+    *,
+    run_dir: str,
+    config: Any,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    resume: bool = False,
+    desc: str = "train",
+    on_log: Callable[[int, Any, dict], None] | None = None,
+    progress: bool = True,
+    max_to_keep: int = 2,
+) -> tuple[Any, list[dict]]:
+    """Run `state, metrics = step_fn(state, step)` for steps `[start, num_steps)`.
+
+    Args:
+      step_fn: jitted `(state, step: int32 scalar) -> (state, {name: scalar})`.
+      init_state: the state at step 0 (pytree of arrays).
+      num_steps: total steps of the run.
+      run_dir: checkpoints go to `<run_dir>/checkpoints`, metrics to `<run_dir>/metrics.jsonl`.
+      config: the run's config (its fingerprint guards resumes).
+      checkpoint_every: save the full state every this many steps (and at the end).
+      log_every: read metrics back to the host (a sync) every this many steps; NaN/Inf in any
+        metric stops the run with a message naming the step.
+      resume: continue from the latest checkpoint in `run_dir` if there is one.
+      on_log: optional hook called at log steps (e.g. periodic evaluation, image grids); it may
+        return a dict of extra metrics to log.
+
+    Returns:
+      (final state, list of logged metric rows).
+    """
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    run_dir = os.path.abspath(run_dir)
+    ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=max_to_keep,
+                        fingerprint=config_fingerprint(config))
+    writer = MetricWriter(run_dir)
+    state, start, history = init_state, 0, []
+    if resume and ckpt.latest_step() is not None:
+        start, state, meta = ckpt.restore(init_state)
+        history = list(meta.get("metrics", []))
+        print(f"[{desc}] resumed from {ckpt.directory}/{start}", flush=True)
+    elif not resume and ckpt.latest_step() is not None:
+        ckpt.close()
+        raise FileExistsError(f"{ckpt.directory} already holds checkpoints; pass --resume to "
+                              "continue that run, or choose another run_dir")
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress)
+    last_saved = start
+    try:
+        for step in range(start, num_steps):
+            state, metrics = step_fn(state, np.int32(step))
+            done = step + 1
+            if done % log_every == 0 or done == num_steps:
+                row = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+                check_finite(step, **row)
+                if on_log is not None:
+                    row.update(on_log(done, state, row) or {})
+                writer.write(done, row)
+                history.append({"step": done, **row})
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(row.items())[:4]})
+            bar.update(1)
+            if done % checkpoint_every == 0 or done == num_steps:
+                if not _all_finite(state):
+                    raise FloatingPointError(f"non-finite values in the loop state at step {step}; "
+                                             f"not saving. Last good checkpoint: step {last_saved}")
+                ckpt.save(done, state, {"metrics": history})
+                last_saved = done
+    finally:
+        bar.close()
+        ckpt.close()
+        writer.close()
+    return state, history
