@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -42,7 +43,12 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
     path = resolve_config_path(name_or_path)
     spec = importlib.util.spec_from_file_location(f"jaxdiff_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Presets may import shared helpers that sit beside them (e.g. configs/_distill_base.py).
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} defines no get_config()")
     config = module.get_config()
