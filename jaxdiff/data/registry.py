@@ -1,0 +1,201 @@
+"""What jaxdiff knows about each dataset: shapes, classes, split sizes and normalisation statistics.
+
+The statistics are the per-channel mean/std of pixels scaled to [0, 1] that the reference code uses
+(dd-common.md §1.1, DC/MTT `get_dataset`). They are properties of the *method* as much as of the
+data — CIFAR-100 references disagree, LCMat uses another CIFAR std — so every consumer can
+override them: `with_stats(info, "lcmat_cifar")` or `normalize(images, info, stats=...)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+SPLITS = ("train", "test")
+
+
+class Stats(NamedTuple):
+    """Per-channel statistics of pixels in [0, 1]: `mean`, `std`, each a tuple of C floats."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about one split of a dataset as loaded (hashable, so usable as a static arg).
+
+    Attributes:
+      name: the jaxdiff dataset name (`load` accepts it).
+      num_classes: number of classes; labels are ints in `[0, num_classes)`.
+      class_names: `num_classes` human-readable names, index = label.
+      image_shape: `(H, W, C)` of the loaded images (after any `image_size` resize).
+      mean, std: per-channel statistics, `C` floats each, of pixels scaled to [0, 1].
+      num_examples: number of examples in the loaded split.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_examples: int
+
+    @property
+    def stats(self) -> Stats:
+        return Stats(self.mean, self.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """Registry row. `source` is 'tfds' (read with `tfds.data_source(tfds_name)`) or 'sklearn'."""
+
+    source: str
+    tfds_name: str
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    stats: Stats
+    split_sizes: dict
+    prepare_hint: str
+
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck")
+# CIFAR-100 fine labels in label order (the dataset's fine_label_names.txt, alphabetical).
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup",
+    "dinosaur", "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house",
+    "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man",
+    "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange", "orchid",
+    "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy",
+    "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal",
+    "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar",
+    "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger", "tractor",
+    "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman",
+    "worm",
+)
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
+
+# Named statistics (dd-common.md §1.1, lcmat.md "Data").
+STATS: dict[str, Stats] = {
+    "mnist": Stats((0.1307,), (0.3081,)),
+    "fashion_mnist": Stats((0.2861,), (0.3530,)),
+    "svhn": Stats((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": Stats((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # DC and FreD's DM/DC utils; MTT, DDiF and FreD's TM utils reuse "cifar10" for CIFAR-100.
+    "cifar100": Stats((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    # DeepCore / LCMat coreset selection: CIFAR-10 mean with a different std.
+    "lcmat_cifar": Stats((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    # torchvision ImageNet statistics (dd-common.md marks these as not re-checked).
+    "imagenet": Stats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # scikit-learn digits: pixels scaled to uint8 (see digits.py), statistics of the 1438-image
+    # train split at the native 8x8 size, population std (ddof=0), rounded to 4 decimals like
+    # the table above; tests/test_data.py recomputes them.
+    "digits": Stats((0.3055,), (0.3759,)),
+}
+
+
+def _tfds_hint(name: str) -> str:
+    return (f"prepare it on a machine with TensorFlow: `pip install tensorflow tensorflow-datasets "
+            f"&& tfds build {name} --data_dir DIR --file_format=array_record`, copy DIR to this "
+            f"machine, then pass data_dir=DIR or set JAXDIFF_DATA_DIR=DIR")
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "cifar10": _Entry("tfds", "cifar10", (32, 32, 3), CIFAR10_CLASSES, STATS["cifar10"],
+                      {"train": 50000, "test": 10000}, _tfds_hint("cifar10")),
+    "cifar10_jpeg": _Entry(
+        "tfds", "cifar10_jpeg", (32, 32, 3), CIFAR10_CLASSES, STATS["cifar10"],
+        {"train": 50000, "test": 10000},
+        "cifar10_jpeg is a prepared JPEG re-encoding of CIFAR-10 (not a TFDS catalogue builder): "
+        "copy its folder (cifar10_jpeg/3.0.2/ with dataset_info.json, features.json and the "
+        "array_record shards) into DIR, then pass data_dir=DIR or set JAXDIFF_DATA_DIR=DIR"),
+    "cifar100": _Entry("tfds", "cifar100", (32, 32, 3), CIFAR100_CLASSES, STATS["cifar100"],
+                       {"train": 50000, "test": 10000}, _tfds_hint("cifar100")),
+    "mnist": _Entry("tfds", "mnist", (28, 28, 1), DIGIT_CLASSES, STATS["mnist"],
+                    {"train": 60000, "test": 10000}, _tfds_hint("mnist")),
+    "fashion_mnist": _Entry("tfds", "fashion_mnist", (28, 28, 1), FASHION_MNIST_CLASSES,
+                            STATS["fashion_mnist"], {"train": 60000, "test": 10000},
+                            _tfds_hint("fashion_mnist")),
+    "svhn_cropped": _Entry("tfds", "svhn_cropped", (32, 32, 3), DIGIT_CLASSES, STATS["svhn"],
+                           {"train": 73257, "test": 26032}, _tfds_hint("svhn_cropped")),
+    "digits": _Entry("sklearn", "", (8, 8, 1), DIGIT_CLASSES, STATS["digits"],
+                     {"train": 1438, "test": 359}, "digits is embedded in scikit-learn"),
+}
+
+DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def entry(name: str) -> _Entry:
+    """The registry row for `name`; `ValueError` listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown dataset {name!r}; known datasets: "
+                         f"{', '.join(DATASET_NAMES)}") from None
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return split
+
+
+def as_size(image_size) -> tuple[int, int] | None:
+    """`None`, an int `S` (-> `(S, S)`) or `(H, W)`; validated positive."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        size = tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"image_size must be a positive int or (height, width), "
+                         f"got {image_size!r}")
+    return size
+
+
+def get_info(name: str, split: str = "train", *, image_size=None) -> DatasetInfo:
+    """The `DatasetInfo` that `load(name, split, image_size=...)` returns, without loading data."""
+    e = entry(name)
+    check_split(split)
+    size = as_size(image_size)
+    shape = e.image_shape if size is None else (*size, e.image_shape[2])
+    return DatasetInfo(name=name, num_classes=len(e.class_names), class_names=e.class_names,
+                       image_shape=shape, mean=e.stats.mean, std=e.stats.std,
+                       num_examples=e.split_sizes[split])
+
+
+def with_stats(info: DatasetInfo, stats: Stats | str | tuple) -> DatasetInfo:
+    """A copy of `info` with other normalisation statistics.
+
+    `stats` is a `Stats`, a `(mean, std)` pair, or a key of `STATS` (e.g. "lcmat_cifar", or
+    "cifar10" to normalise CIFAR-100 as MTT/DDiF do). The channel count must match.
+    """
+    s = resolve_stats(stats)
+    channels = info.image_shape[2]
+    if len(s.mean) != channels or len(s.std) != channels:
+        raise ValueError(f"statistics have {len(s.mean)} mean / {len(s.std)} std values, "
+                         f"{info.name} images have {channels} channels")
+    return dataclasses.replace(info, mean=s.mean, std=s.std)
+
+
+def resolve_stats(stats: Stats | str | tuple) -> Stats:
+    """Normalise a `Stats`, `(mean, std)` pair or `STATS` key into a `Stats` of float tuples."""
+    if isinstance(stats, str):
+        if stats not in STATS:
+            raise ValueError(f"unknown statistics {stats!r}; known: {', '.join(STATS)}")
+        return STATS[stats]
+    mean, std = stats
+    mean = tuple(float(m) for m in (mean if hasattr(mean, "__len__") else (mean,)))
+    std = tuple(float(s) for s in (std if hasattr(std, "__len__") else (std,)))
+    if len(mean) != len(std):
+        raise ValueError(f"mean has {len(mean)} values but std has {len(std)}")
+    if min(std) <= 0:
+        raise ValueError(f"std must be positive, got {std}")
+    return Stats(mean, std)
