@@ -1,6 +1,18 @@
-"""Low-level operations whose fastest implementation depends on the platform."""
+"""Low-level operations whose fastest implementation depends on the platform.
 
-from jaxdiff.ops.conv import conv2d
+`conv2d` switches between XLA's convolution and a CPU-fast formulation of its derivatives
+(see `jaxdiff.ops.conv`); `set_conv_impl` / `conv_impl` / ``$JAXDIFF_CONV_IMPL`` choose the
+default, read when a function is traced.
+"""
+
+from jaxdiff.ops.conv import conv2d, conv_impl, get_conv_impl, set_conv_impl
 from jaxdiff.ops.norm_pool import avg_pool2, instance_norm
 
-__all__ = ["conv2d", "instance_norm", "avg_pool2"]
+__all__ = [
+    "conv2d",
+    "conv_impl",
+    "get_conv_impl",
+    "set_conv_impl",
+    "instance_norm",
+    "avg_pool2",
+]

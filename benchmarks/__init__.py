@@ -1,0 +1,1 @@
+"""Opt-in benchmark scripts; each prints JSON lines (see `benchmarks.common`)."""
