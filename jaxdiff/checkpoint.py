@@ -21,10 +21,20 @@ import jax
 import orbax.checkpoint as ocp
 
 
-def config_fingerprint(config: Any) -> str:
-    """A stable short hash of a JSON-able config (dicts, ConfigDicts, lists, numbers, strings)."""
+# Top-level keys that control how a run is driven, not what it computes: a resume may change
+# them (e.g. raise `iterations` to continue a finished run). Pipelines whose step depends on the
+# total length (an lr schedule over `iterations`) must pass their own `ignore`.
+RUN_CONTROL_KEYS = ("resume", "progress", "log_every", "checkpoint_every", "run_dir",
+                    "iterations", "num_steps", "eval", "eval_every", "sample_every")
+
+
+def config_fingerprint(config: Any, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> str:
+    """A stable short hash of a JSON-able config (dicts, ConfigDicts, lists, numbers, strings),
+    leaving out the top-level keys in `ignore`."""
     if hasattr(config, "to_dict"):
         config = config.to_dict()
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in ignore}
     blob = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

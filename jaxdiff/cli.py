@@ -1,19 +1,25 @@
 """`jaxdiff <command>`: the single entry point. Parses configs and calls pipelines.
 
 Every command that runs a job takes `--config NAME_OR_PATH` (a preset in `configs/` or a
-Python file with `get_config()`) and overrides `--config.a.b=value`.
+Python file with `get_config()`) and overrides `--config.a.b=value`, and dispatches to
+`jaxdiff.pipelines.<module>.run(config)`. Adding a command is one line in `COMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
+# command -> (default preset, pipeline module, help)
 COMMANDS = {
-    "evaluate": ("evaluate_digits", "train fresh networks on a real subset / full data / a saved "
-                 "synthetic set and test on the real test split"),
-    "show": (None, "write PNG grids of the image sets in a run directory"),
+    "evaluate": ("evaluate_digits", "evaluate",
+                 "train fresh networks on a real subset / full data / a saved synthetic set and "
+                 "test on the real test split"),
+    "distill": ("quickstart", "distill",
+                "distil a dataset (pixel / FreD / DDiF with DM, DC or TM) and evaluate it"),
 }
+SHOW_HELP = "write PNG grids of the image sets in a run directory"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -23,17 +29,16 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Config overrides: --config.section.key=value (unknown keys are rejected and "
                "the valid keys listed). Presets live in configs/.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (default, help_) in COMMANDS.items():
+    for name, (default, _, help_) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
-        if name == "show":
-            sp.add_argument("run_dir", help="a run directory (or a synthetic.npz file)")
-            sp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/show.png)")
-            sp.add_argument("--max-images", type=int, default=400)
-        else:
-            sp.add_argument("--config", default=default,
-                            help=f"preset name in configs/ or path to a config file (default: {default})")
-            sp.add_argument("--resume", action="store_true", help="resume from the run's last checkpoint")
-            sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        sp.add_argument("--config", default=default,
+                        help=f"preset name in configs/ or path to a config file (default: {default})")
+        sp.add_argument("--resume", action="store_true", help="resume from the run's last checkpoint")
+        sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    sp = sub.add_parser("show", help=SHOW_HELP, description=SHOW_HELP)
+    sp.add_argument("run_dir", help="a run directory (or a .npz file of images)")
+    sp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/show.png)")
+    sp.add_argument("--max-images", type=int, default=400)
     return p
 
 
@@ -60,9 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(config)
         return 0
-    if args.command == "evaluate":
-        from jaxdiff.pipelines import evaluate
-        evaluate.run(config)
+    module = importlib.import_module(f"jaxdiff.pipelines.{COMMANDS[args.command][1]}")
+    module.run(config)
     return 0
 
 

@@ -154,3 +154,11 @@ def test_data_mesh_and_uneven_batch_error():
         sharding.shard_batch(np.zeros((12, 1)), mesh)
     with pytest.raises(ValueError, match="devices"):
         sharding.data_mesh(9)
+
+
+def test_fingerprint_ignores_run_control_keys_only():
+    a = {"lr": 0.1, "iterations": 10, "progress": True, "eval": {"epochs": 3}}
+    assert config_fingerprint(a) == config_fingerprint({**a, "iterations": 99, "progress": False,
+                                                        "eval": {"epochs": 5}})
+    assert config_fingerprint(a) != config_fingerprint({**a, "lr": 0.2})
+    assert config_fingerprint(a, ignore=()) != config_fingerprint({**a, "iterations": 99}, ignore=())

@@ -28,6 +28,7 @@ import optax
 from flax import nnx
 
 from jaxdiff.random import sample_keys
+from jaxdiff.models.functional import apply
 
 
 class EvalResult(NamedTuple):
@@ -193,7 +194,8 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
     tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum))
 
     def test_accuracy(graphdef, params, rest, test_x, test_y):
-        model = nnx.merge(graphdef, params, rest)
+        # copy=True: params/rest come from an outer scan carry (see models.functional.apply)
+        model = nnx.merge(graphdef, params, rest, copy=True)
         model.eval()
         pad = test_steps * test_batch - n_test
         xs = jnp.pad(test_x, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(
@@ -215,10 +217,9 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
         opt_state = tx.init(params)
 
         def loss_fn(params, rest, x, y, w):
-            m = nnx.merge(graphdef, params, rest)
-            logits = m(x)
+            # BatchNorm statistics update in train mode: apply returns the new `rest`.
+            logits, (_, new_rest) = apply(graphdef, (params, rest), x)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            _, _, new_rest = nnx.split(m, nnx.Param, ...)
             return jnp.sum(ce * w) / jnp.sum(w), new_rest
 
         def epoch(carry, e):

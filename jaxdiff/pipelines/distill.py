@@ -1,0 +1,301 @@
+"""`jaxdiff distill`: distil a dataset into a parameterised synthetic set.
+
+Any parameterisation (pixel, FreD, DDiF) x any loss (DM, DC/DSA). One distillation step is one
+jitted function — decode, loss, gradient, per-instance optax update — run by the resumable loop
+(`jaxdiff.pipelines.loop`). The run directory receives:
+
+* `checkpoints/`      Orbax checkpoints of the full state (parameters, optimiser state, step);
+* `synthetic.npz`     the decoded set in the documented format (`jaxdiff.distill.synset`);
+* `params.npz`        the raw parameters and frozen arrays of the parameterisation;
+* `init.png`, `final.png`  grids of the decoded images (one class per row);
+* `metrics.jsonl`, `results.json`, `config.json`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxdiff import data as jdata
+from jaxdiff.config_utils import require_choice
+from jaxdiff.distill import losses as L
+from jaxdiff.distill.evaluate import train_and_test
+from jaxdiff.distill.optim import per_instance, plain
+from jaxdiff.distill.params import get_parameterisation
+from jaxdiff.distill.synset import LabelledSet, save_synset
+from jaxdiff.images import save_grid
+from jaxdiff.models.functional import apply
+from jaxdiff.pipelines import common
+from jaxdiff.pipelines.loop import run_loop
+
+LOSSES = ("dm", "dc")
+OPTIMIZERS = ("adam", "sgd")
+
+
+# ----------------------------------------------------------------------------- real data on device
+class RealPool:
+    """Real training images by class on device, uint8 `[C, n, H, W, Ch]` (n = smallest class size),
+    normalised per sampled batch so the pool costs a quarter of float32."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, info):
+        self.num_classes = info.num_classes
+        per_class = jdata.class_indices(labels, info.num_classes)
+        n = min(len(i) for i in per_class)
+        if n == 0:
+            raise ValueError(f"{info.name}: some class has no training images")
+        self.images = jnp.asarray(np.stack([images[i[:n]] for i in per_class]))
+        self.mean = jnp.asarray(info.mean, jnp.float32)
+        self.std = jnp.asarray(info.std, jnp.float32)
+        self.per_class = n
+
+    def normalise(self, x):
+        return (x.astype(jnp.float32) / 255.0 - self.mean) / self.std
+
+
+def sample_real(pool_images, mean, std, key, batch):
+    """`[C, batch, H, W, Ch]` normalised real images, drawn per class without replacement."""
+    num_classes, n = pool_images.shape[:2]
+
+    def one(c, k):
+        idx = jax.random.permutation(k, n)[:batch]
+        return pool_images[c, idx]
+
+    x = jax.vmap(one)(jnp.arange(num_classes), jax.random.split(key, num_classes))
+    return (x.astype(jnp.float32) / 255.0 - mean) / std
+
+
+# ----------------------------------------------------------------------------- building blocks
+def parameterisation_from_config(config):
+    name = require_choice(config.param.name, ("pixel", "fred", "ddif"), "param.name")
+    options = dict(config.param[name]) if name in config.param else {}
+    return get_parameterisation(name, ipc=config.ipc, **options)
+
+
+def optimizer_from_config(opt_cfg):
+    name = require_choice(opt_cfg.name, OPTIMIZERS, "opt.name")
+    tx = (optax.adam(opt_cfg.lr) if name == "adam"
+          else optax.sgd(opt_cfg.lr, momentum=opt_cfg.momentum or None))
+    return per_instance(tx) if opt_cfg.masked else plain(tx)
+
+
+def _net_fns(make_model):
+    """Functional forms of a freshly initialised classifier: (init(key) -> (graphdef, params, rest))."""
+    def init(key):
+        model = make_model(nnx.Rngs(key))
+        return nnx.split(model, nnx.Param, ...)
+    return init
+
+
+def make_dm_step(param, opt, make_model, augment, batch_real, num_classes, n_pc):
+    init_net = _net_fns(make_model)
+
+    def step(state, step_idx, static, pool, mean, std):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step_idx)
+        k_net, k_real, k_aug = jax.random.split(key, 3)
+        graphdef, net_params, rest = init_net(k_net)   # a fresh, frozen network every iteration
+        embed = lambda x: apply(graphdef, (net_params, rest), x, method="embed")[0]
+        real = sample_real(pool, mean, std, k_real, batch_real)
+
+        def loss_fn(p):
+            syn = param.decode(p, static).reshape(num_classes, n_pc, *real.shape[2:])
+            return L.distribution_matching_loss(embed, syn, real, k_aug, augment)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt_state = opt.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return {**state, "params": params, "opt": opt_state}, {"loss": loss}
+
+    return step
+
+
+def make_dc_step(param, opt, make_model, augment, per_sample_augment, batch_real, num_classes,
+                 n_pc, outer, inner, metric, lr_net, batch_train):
+    """DC/DSA (dd-common.md §5.3): `outer` image updates per iteration, each followed (except the
+    last) by `inner` epochs of SGD training of the network on the current synthetic set."""
+    init_net = _net_fns(make_model)
+
+    def step(state, step_idx, static, pool, mean, std):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step_idx)
+        k_net, k_loop = jax.random.split(key)
+        graphdef, net_params, rest = init_net(k_net)
+        labels = param.labels(static)
+
+        def net(p, x):
+            return apply(graphdef, (p, rest), x)[0]
+
+        def ce(p, x, y, w):
+            logits = net(p, x)
+            per = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return jnp.sum(per * w) / jnp.sum(w)
+
+        def train_net(theta, images, k):
+            n = images.shape[0]
+            b = min(batch_train, n)
+            steps = -(-n // b)
+
+            def epoch(theta, e):
+                ke = jax.random.fold_in(k, e)
+                perm = jax.random.permutation(ke, n)
+                pad = steps * b - n
+                idx = jnp.concatenate([perm, jnp.zeros(pad, perm.dtype)]).reshape(steps, b)
+                wts = jnp.concatenate([jnp.ones(n), jnp.zeros(pad)]).reshape(steps, b)
+
+                def sgd(theta, s):
+                    x = images[idx[s]]
+                    if per_sample_augment is not None:
+                        x = per_sample_augment(jax.random.fold_in(ke, s + 1), x)
+                    g = jax.grad(ce)(theta, x, labels[idx[s]], wts[s])
+                    return jax.tree.map(lambda t, gi: t - lr_net * gi, theta, g), None
+
+                return jax.lax.scan(sgd, theta, jnp.arange(steps))[0], None
+
+            return jax.lax.scan(epoch, theta, jnp.arange(inner))[0]
+
+        def outer_step(carry, ol):
+            params, opt_state, theta, _ = carry
+            k = jax.random.fold_in(k_loop, ol)
+            k_real, k_aug, k_train = jax.random.split(k, 3)
+            real = sample_real(pool, mean, std, k_real, batch_real)
+
+            def loss_fn(p):
+                syn = param.decode(p, static).reshape(num_classes, n_pc, *real.shape[2:])
+                return L.gradient_matching_loss(net, theta, syn, real, k_aug, augment, metric)
+
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            syn_all = jax.lax.stop_gradient(param.decode(params, static))
+            theta = jax.lax.cond(ol < outer - 1, lambda: train_net(theta, syn_all, k_train),
+                                 lambda: theta)
+            return (params, opt_state, theta, loss), loss
+
+        (params, opt_state, _, _), losses = jax.lax.scan(
+            outer_step, (state["params"], state["opt"], net_params, jnp.float32(0)), jnp.arange(outer))
+        return {**state, "params": params, "opt": opt_state}, {"loss": jnp.mean(losses)}
+
+    return step
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def run(config: ml_collections.ConfigDict) -> dict:
+    timer = common.Timer()
+    loss_name = require_choice(config.loss.name, LOSSES, "loss.name")
+    param = parameterisation_from_config(config)
+    kw = dict(data_dir=config.data.data_dir or None, image_size=config.data.image_size or None)
+    train = jdata.load(config.data.name, "train", **kw)
+    info = train.info
+    report = param.plan(info.image_shape, info.num_classes)   # fails here, before any work
+    print(f"[jaxdiff distill] {report}", flush=True)
+    n_pc = report.instances_per_class
+    pool = RealPool(train.images, train.labels, info)
+    run_dir = common.make_run_dir(config.run_dir)
+    common.save_config(run_dir, config)
+
+    key = jax.random.key(config.seed)
+    k_init, k_loop, k_eval = jax.random.split(key, 3)
+    real_by_class = pool.normalise(pool.images)
+    params, static = param.init(k_init, real_by_class)
+    del real_by_class
+    opt = optimizer_from_config(config.opt)
+    state = {"params": params, "opt": opt.init(params), "key": jax.random.key_data(k_loop)}
+
+    make_model = common.model_factory(config.model, info.image_shape, info.num_classes)
+    strategy = common.dsa_strategy_for(info.name, config.loss.dsa_strategy)
+    siamese_aug = _siamese_augment(strategy)
+    batch_real = min(config.loss.batch_real, pool.per_class)
+    if loss_name == "dm":
+        step = make_dm_step(param, opt, make_model, siamese_aug, batch_real, info.num_classes, n_pc)
+    else:
+        outer, inner = (config.loss.dc.outer, config.loss.dc.inner)
+        if not outer:
+            outer, inner = L.dc_loops(config.ipc)
+        step = make_dc_step(param, opt, make_model, siamese_aug, common.make_augment(info.name, strategy or "none"),
+                            batch_real, info.num_classes, n_pc, outer, inner, config.loss.dc.metric,
+                            config.loss.dc.lr_net, config.loss.dc.batch_train)
+    jitted = jax.jit(step, donate_argnums=0)
+    step_fn = lambda s, i: jitted(s, i, static, pool.images, pool.mean, pool.std)
+
+    decode_all = jax.jit(lambda p, st: param.decode(p, st))
+    test = jdata.load(config.data.name, "test", **kw)
+    test_x = jdata.normalize(test.images, info)
+    eval_aug = common.make_augment(info.name, config.eval.dsa_strategy)
+
+    def evaluate(images, labels, k):
+        return train_and_test(k, images, labels, test_x, test.labels, make_model=make_model,
+                              num_runs=config.eval.num_runs, epochs=config.eval.epochs,
+                              lr=config.eval.lr, batch_size=config.eval.batch_size, augment=eval_aug,
+                              progress=False)
+
+    labels = np.asarray(param.labels(static))
+    scale = max(1, 64 // info.image_shape[0])
+    save_grid(os.path.join(run_dir, "init.png"), _display(decode_all(params, static), info),
+              ncol=_ncol(n_pc, info.num_classes), scale=scale)
+
+    def on_log(done, state, row):
+        if config.eval_every and done % config.eval_every == 0 and done != config.iterations:
+            r = evaluate(decode_all(state["params"], static), labels, jax.random.fold_in(k_eval, done))
+            print(f"\n[jaxdiff distill] step {done}: accuracy {r.summary()}", flush=True)
+            return {"eval_accuracy": r.mean, "eval_accuracy_std": r.std}
+        return {}
+
+    state, history = run_loop(step_fn, state, config.iterations, run_dir=run_dir, config=config,
+                              checkpoint_every=config.checkpoint_every, log_every=config.log_every,
+                              resume=config.resume, desc=f"distill {param.name}/{loss_name}",
+                              on_log=on_log, progress=config.progress)
+    images = np.asarray(decode_all(state["params"], static))
+    method = f"{param.name}/{loss_name} ipc{config.ipc}"
+    save_synset(run_dir, LabelledSet(images, labels, info.name, np.asarray(info.mean, np.float32),
+                                     np.asarray(info.std, np.float32), method=method))
+    np.savez(os.path.join(run_dir, "params.npz"),
+             **{f"params/{k}": np.asarray(v) for k, v in state["params"].items()},
+             **{f"static/{k}": np.asarray(v) for k, v in static.items()})
+    final_png = save_grid(os.path.join(run_dir, "final.png"), _display(images, info),
+                          ncol=_ncol(n_pc, info.num_classes), scale=scale)
+    distill_seconds = timer.elapsed()
+    out = {"method": method, "dataset": info.name, "budget": str(report),
+           "instances": int(len(labels)), "storage_floats": int(param.storage_floats(state["params"], static)),
+           "iterations": config.iterations, "final_loss": history[-1]["loss"] if history else None,
+           "distill_seconds": distill_seconds, "devices": common.describe_devices()}
+    if config.eval.num_runs > 0:
+        r = evaluate(images, labels, k_eval)
+        out.update(accuracy_mean=r.mean, accuracy_std=r.std, accuracy_runs=r.accuracy.tolist())
+        print(f"[jaxdiff distill] {method}: accuracy {r.summary()}", flush=True)
+        if config.eval.compare_random:
+            idx = jdata.sample_per_class(config.seed, train.labels, info.num_classes, config.ipc)
+            rr = evaluate(jdata.normalize(train.images[idx], info), train.labels[idx], k_eval)
+            out.update(random_accuracy_mean=rr.mean, random_accuracy_std=rr.std,
+                       random_accuracy_runs=rr.accuracy.tolist())
+            print(f"[jaxdiff distill] random real, {config.ipc} per class (same budget): "
+                  f"accuracy {rr.summary()}", flush=True)
+    out["seconds"] = timer.elapsed()
+    common.write_json(os.path.join(run_dir, "results.json"), out)
+    print(f"[jaxdiff distill] done in {out['seconds']:.0f} s. Results: {run_dir}/results.json; "
+          f"images: {final_png}; metrics: {run_dir}/metrics.jsonl", flush=True)
+    return out
+
+
+def _siamese_augment(strategy):
+    if not strategy:
+        return None
+    from jaxdiff.distill import augment as dsa
+    return functools.partial(_siamese_call, strategy=strategy, fn=dsa.augment)
+
+
+def _siamese_call(key, images, siamese=True, *, strategy, fn):
+    return fn(key, images, strategy=strategy, siamese=siamese)
+
+
+def _display(images, info):
+    x = np.asarray(images) * np.asarray(info.std) + np.asarray(info.mean)
+    return np.clip(x[:400], 0, 1)
+
+
+def _ncol(n_pc, num_classes):
+    return min(n_pc, 20) if n_pc > 1 else num_classes
