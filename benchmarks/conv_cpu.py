@@ -63,9 +63,7 @@ from benchmarks.common import (
 )
 from jaxdiff.ops import avg_pool2, conv2d, conv_impl, instance_norm
 
-REUSE_HEAP_TUNABLES = (
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
-)
+from jaxdiff.runtime import REUSE_HEAP_TUNABLES  # noqa: E402
 
 # --------------------------------------------------------------------------------------------
 # ConvNet-D3, functional (same math as jaxdiff.models.ConvNet with norm="instancenorm")

@@ -69,9 +69,7 @@ from jaxdiff.distill.params import (
 )
 
 REF_STEPS = 5000  # the reference's epochs_init
-REUSE_HEAP_TUNABLES = (  # as in benchmarks.conv_cpu
-    "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
-)
+from jaxdiff.runtime import REUSE_HEAP_TUNABLES  # noqa: E402
 
 
 def _faults_per_call(fn, args, calls=3):

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from jaxdiff.config_utils import build_config, parse_overrides
 
+    if argv is None:  # a real process entry (not a call from Python): see jaxdiff.runtime
+        from jaxdiff.runtime import reexec_with_reuse_heap
+        reexec_with_reuse_heap([sys.executable, "-m", "jaxdiff.cli", *sys.argv[1:]])
     argv = list(sys.argv[1:] if argv is None else argv)
     config_name, overrides, rest = parse_overrides(argv)
     parser = _parser()
