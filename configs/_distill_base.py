@@ -12,12 +12,14 @@ def base_config():
         name="ddif",
         pixel=dict(init="real"),
         fred=dict(k=64, dct_norm=None),          # the reference's unnormalised DCT
-        ddif=dict(depth=2, width=6, w0_initial=30.0, w0=10.0, warmup_steps=5000, warmup_lr=5e-4),
+        ddif=dict(depth=0, width=0,   # 0: the reference's SIREN for (dataset, ipc)
+                   w0_initial=30.0, w0=10.0, warmup_steps=5000, warmup_lr=5e-4),
     )
     c.loss = dict(name="dm", batch_real=256, dsa_strategy="auto",
                   dc=dict(outer=0, inner=0, metric="ours", lr_net=0.01, batch_train=256))  # 0 = DC table
-    # pixel+DM: SGD(1.0, momentum 0.5); FreD: SGD(lr_freq, 0.5); DDiF: Adam(lr_nf).
-    c.opt = dict(name="adam", lr=5e-5, momentum=0.5, masked=True)
+    # "auto" / lr 0: the references' values for (param, loss) — jaxdiff.distill.presets.
+    # group_lr: per-parameter-group rates, e.g. "W1=1e-4,bo=1e-3" (others use lr).
+    c.opt = dict(name="auto", lr=0.0, momentum=0.5, masked=True, group_lr="")
     c.model = dict(name="convnet", depth=0, width=128, norm="instancenorm")
     c.iterations = 20000
     c.eval_every = 0                 # 0: only evaluate at the end
@@ -26,6 +28,7 @@ def base_config():
     c.log_every = 10
     c.checkpoint_every = 100
     c.seed = 0
+    c.num_devices = 0                # data-parallel over this many devices (0 = all)
     c.progress = True
     c.resume = False
     c.run_dir = "runs/distill"

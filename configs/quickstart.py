@@ -17,11 +17,12 @@ def get_config():
     c.data.image_size = 16
     c.ipc = 1
     c.param.name = "ddif"
+    c.param.ddif.depth, c.param.ddif.width = 2, 6
     c.param.ddif.warmup_steps = 1000
     c.param.ddif.warmup_lr = 5e-3
     c.loss.name = "dm"
     c.loss.batch_real = 128
-    c.opt = dict(name="adam", lr=1e-3, momentum=0.5, masked=True)
+    c.opt.name, c.opt.lr = "adam", 1e-3
     c.model.width = 64
     c.iterations = 500
     c.eval.epochs = 300

@@ -18,7 +18,7 @@ def _tiny(run_dir, **over):
         "data.image_size": "8", "ipc": "2", "iterations": "4", "log_every": "2", "checkpoint_every": "2",
         "model.width": "8", "loss.batch_real": "8", "eval.epochs": "2", "eval.num_runs": "1",
         "eval.compare_random": "False", "param.ddif.warmup_steps": "5", "progress": "False",
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir), "num_devices": "1",
     }
     base.update({k: str(v) for k, v in over.items()})
     return build_config("quickstart", list(base.items()))
@@ -93,3 +93,38 @@ def test_cli_rejects_unknown_key_and_bad_choice(tmp_path, capsys):
     assert "param.name" in capsys.readouterr().err
     with pytest.raises(ValueError, match="loss.name"):
         distill.run(_tiny(tmp_path, **{"loss.name": "kl"}))
+
+
+@pytest.mark.parametrize("loss", ["dm", "dc"])
+def test_one_and_eight_devices_agree(tmp_path, loss):
+    # pixel IPC 4: 40 instances and 8 real images per class both split over 8 devices.
+    over = {"param.name": "pixel", "ipc": 4, "eval.num_runs": 0, "iterations": 3,
+            "opt.name": "sgd", "opt.lr": 0.5, "loss.name": loss, "loss.dc.outer": 2,
+            "loss.dc.inner": 1, "loss.dc.batch_train": 8}
+    distill.run(_tiny(tmp_path / "one", num_devices=1, **over))
+    distill.run(_tiny(tmp_path / "eight", num_devices=8, **over))
+    a = np.load(tmp_path / "one" / "params.npz")["params/images"]
+    b = np.load(tmp_path / "eight" / "params.npz")["params/images"]
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_spec_defaults_and_group_learning_rates(tmp_path):
+    from jaxdiff.distill.presets import resolve_auto
+    cfg = build_config("distill_cifar10", [("param.name", "fred")])
+    assert resolve_auto(cfg) and (cfg.opt.name, cfg.opt.lr, cfg.opt.momentum) == ("sgd", 1e6, 0.5)
+    cfg = build_config("distill_cifar10", [("param.name", "ddif"), ("ipc", "10")])
+    resolve_auto(cfg)
+    assert (cfg.opt.name, cfg.opt.lr, cfg.param.ddif.depth, cfg.param.ddif.width) == ("adam", 5e-5, 2, 6)
+    cfg = build_config("distill_cifar10", [("param.name", "fred"), ("param.fred.dct_norm", "ortho")])
+    with pytest.raises(ValueError, match="ortho"):
+        resolve_auto(cfg)
+    # A group learning rate of 0 freezes that group; the others move.
+    distill.run(_tiny(tmp_path, **{"param.name": "ddif", "eval.num_runs": 0,
+                                   "opt.group_lr": "W1=0,b1=0", "param.ddif.warmup_steps": 0}))
+    distill.run(_tiny(tmp_path / "zero", **{"param.name": "ddif", "eval.num_runs": 0,
+                                            "iterations": 0, "param.ddif.warmup_steps": 0}))
+    p, z = np.load(tmp_path / "params.npz"), np.load(tmp_path / "zero" / "params.npz")
+    np.testing.assert_array_equal(p["params/W1"], z["params/W1"])
+    assert not np.allclose(p["params/Wo"], z["params/Wo"])
+    with pytest.raises(ValueError, match="parameter groups"):
+        distill.run(_tiny(tmp_path / "bad", **{"param.name": "ddif", "opt.group_lr": "W9=1"}))

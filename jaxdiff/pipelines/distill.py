@@ -23,12 +23,17 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
 from jaxdiff import data as jdata
+from jaxdiff import sharding
 from jaxdiff.config_utils import require_choice
 from jaxdiff.distill import losses as L
 from jaxdiff.distill.evaluate import train_and_test
 from jaxdiff.distill.optim import per_instance, plain
 from jaxdiff.distill.params import get_parameterisation
+from jaxdiff.distill.presets import resolve_auto
 from jaxdiff.distill.synset import LabelledSet, save_synset
 from jaxdiff.images import save_grid
 from jaxdiff.models.functional import apply
@@ -78,10 +83,37 @@ def parameterisation_from_config(config):
     return get_parameterisation(name, ipc=config.ipc, **options)
 
 
-def optimizer_from_config(opt_cfg):
+def parse_group_lr(spec: str, groups) -> dict[str, float]:
+    """`"W1=1e-4,bo=1e-3"` -> {"W1": 1e-4, "bo": 1e-3}; names must be parameter groups."""
+    out = {}
+    for item in filter(None, (t.strip() for t in spec.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"opt.group_lr entry {item!r} is not NAME=LR")
+        if name not in groups:
+            raise ValueError(f"opt.group_lr names {name!r}, but the parameter groups are "
+                             f"{sorted(groups)}")
+        out[name] = float(value)
+    return out
+
+
+def optimizer_from_config(opt_cfg, groups=()):
+    """The synthetic-set optimiser: one optax optimiser per parameter group (all at `opt.lr`
+    unless `opt.group_lr` gives a group its own rate), per-instance masked unless `opt.masked`
+    is off (see `jaxdiff.distill.optim`)."""
     name = require_choice(opt_cfg.name, OPTIMIZERS, "opt.name")
-    tx = (optax.adam(opt_cfg.lr) if name == "adam"
-          else optax.sgd(opt_cfg.lr, momentum=opt_cfg.momentum or None))
+
+    def make(lr):
+        return (optax.adam(lr) if name == "adam"
+                else optax.sgd(lr, momentum=opt_cfg.momentum or None))
+
+    group_lr = parse_group_lr(opt_cfg.group_lr, groups)
+    if group_lr:
+        rates = {g: group_lr.get(g, opt_cfg.lr) for g in groups}
+        tx = optax.multi_transform({g: make(lr) for g, lr in rates.items()},
+                                   {g: g for g in groups})
+    else:
+        tx = make(opt_cfg.lr)
     return per_instance(tx) if opt_cfg.masked else plain(tx)
 
 
@@ -93,7 +125,8 @@ def _net_fns(make_model):
     return init
 
 
-def make_dm_step(param, opt, make_model, augment, batch_real, num_classes, n_pc):
+def make_dm_step(param, opt, make_model, augment, batch_real, num_classes, n_pc, place):
+    """DM (dd-common.md §7): a fresh frozen network per iteration, per-class mean embeddings."""
     init_net = _net_fns(make_model)
 
     def step(state, step_idx, static, pool, mean, std):
@@ -101,10 +134,10 @@ def make_dm_step(param, opt, make_model, augment, batch_real, num_classes, n_pc)
         k_net, k_real, k_aug = jax.random.split(key, 3)
         graphdef, net_params, rest = init_net(k_net)   # a fresh, frozen network every iteration
         embed = lambda x: apply(graphdef, (net_params, rest), x, method="embed")[0]
-        real = sample_real(pool, mean, std, k_real, batch_real)
+        real = place.real(sample_real(pool, mean, std, k_real, batch_real))
 
         def loss_fn(p):
-            syn = param.decode(p, static).reshape(num_classes, n_pc, *real.shape[2:])
+            syn = place.syn(param.decode(p, static)).reshape(num_classes, n_pc, *real.shape[2:])
             return L.distribution_matching_loss(embed, syn, real, k_aug, augment)
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
@@ -116,7 +149,7 @@ def make_dm_step(param, opt, make_model, augment, batch_real, num_classes, n_pc)
 
 
 def make_dc_step(param, opt, make_model, augment, per_sample_augment, batch_real, num_classes,
-                 n_pc, outer, inner, metric, lr_net, batch_train):
+                 n_pc, outer, inner, metric, lr_net, batch_train, place):
     """DC/DSA (dd-common.md §5.3): `outer` image updates per iteration, each followed (except the
     last) by `inner` epochs of SGD training of the network on the current synthetic set."""
     init_net = _net_fns(make_model)
@@ -162,10 +195,10 @@ def make_dc_step(param, opt, make_model, augment, per_sample_augment, batch_real
             params, opt_state, theta, _ = carry
             k = jax.random.fold_in(k_loop, ol)
             k_real, k_aug, k_train = jax.random.split(k, 3)
-            real = sample_real(pool, mean, std, k_real, batch_real)
+            real = place.real(sample_real(pool, mean, std, k_real, batch_real))
 
             def loss_fn(p):
-                syn = param.decode(p, static).reshape(num_classes, n_pc, *real.shape[2:])
+                syn = place.syn(param.decode(p, static)).reshape(num_classes, n_pc, *real.shape[2:])
                 return L.gradient_matching_loss(net, theta, syn, real, k_aug, augment, metric)
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -183,10 +216,47 @@ def make_dc_step(param, opt, make_model, augment, per_sample_augment, batch_real
     return step
 
 
+class Placement:
+    """Sharding of the distillation step over a 1-D data mesh (DESIGN.md §2 Sharding).
+
+    Synthetic instances (decoded `[N, ...]` and the parameters' leading axis) and the real batch
+    of every class (`[C, B, ...]`, axis 1) are split over the mesh's data axis when the axis
+    length divides evenly, and replicated otherwise; XLA's partitioner shards the networks'
+    batch computations accordingly. On one device every constraint is a no-op.
+    """
+
+    def __init__(self, mesh):
+        self.mesh = mesh
+        self.n = mesh.shape[sharding.DATA_AXIS]
+
+    def _spec(self, shape, axis):
+        if self.n > 1 and shape[axis] % self.n == 0:
+            return NamedSharding(self.mesh, P(*([None] * axis), sharding.DATA_AXIS))
+        return NamedSharding(self.mesh, P())
+
+    def real(self, x):  # [C, B, H, W, Ch]
+        return jax.lax.with_sharding_constraint(x, self._spec(x.shape, 1)) if self.n > 1 else x
+
+    def syn(self, x):   # [N, H, W, Ch]
+        return jax.lax.with_sharding_constraint(x, self._spec(x.shape, 0)) if self.n > 1 else x
+
+    def put_instances(self, tree):
+        """Place a pytree whose leaves have the instance axis first (params, optimiser state)."""
+        return jax.tree.map(
+            lambda a: jax.device_put(a, self._spec(a.shape, 0) if a.ndim else
+                                     NamedSharding(self.mesh, P())), tree)
+
+    def replicate(self, tree):
+        return sharding.replicate(tree, self.mesh)
+
+
 # ----------------------------------------------------------------------------- the pipeline
 def run(config: ml_collections.ConfigDict) -> dict:
     timer = common.Timer()
     loss_name = require_choice(config.loss.name, LOSSES, "loss.name")
+    require_choice(config.param.name, ("pixel", "fred", "ddif"), "param.name")
+    for filled in resolve_auto(config):
+        print(f"[jaxdiff distill] spec default: {filled}", flush=True)
     param = parameterisation_from_config(config)
     kw = dict(data_dir=config.data.data_dir or None, image_size=config.data.image_size or None)
     train = jdata.load(config.data.name, "train", **kw)
@@ -203,24 +273,28 @@ def run(config: ml_collections.ConfigDict) -> dict:
     real_by_class = pool.normalise(pool.images)
     params, static = param.init(k_init, real_by_class)
     del real_by_class
-    opt = optimizer_from_config(config.opt)
-    state = {"params": params, "opt": opt.init(params), "key": jax.random.key_data(k_loop)}
+    opt = optimizer_from_config(config.opt, groups=tuple(params))
+    place = Placement(sharding.data_mesh(config.num_devices or None))
+    state = {"params": place.put_instances(params), "key": jax.random.key_data(k_loop)}
+    state["opt"] = place.put_instances(opt.init(params))
 
     make_model = common.model_factory(config.model, info.image_shape, info.num_classes)
     strategy = common.dsa_strategy_for(info.name, config.loss.dsa_strategy)
     siamese_aug = _siamese_augment(strategy)
     batch_real = min(config.loss.batch_real, pool.per_class)
     if loss_name == "dm":
-        step = make_dm_step(param, opt, make_model, siamese_aug, batch_real, info.num_classes, n_pc)
+        step = make_dm_step(param, opt, make_model, siamese_aug, batch_real, info.num_classes, n_pc,
+                            place)
     else:
         outer, inner = (config.loss.dc.outer, config.loss.dc.inner)
         if not outer:
             outer, inner = L.dc_loops(config.ipc)
         step = make_dc_step(param, opt, make_model, siamese_aug, common.make_augment(info.name, strategy or "none"),
                             batch_real, info.num_classes, n_pc, outer, inner, config.loss.dc.metric,
-                            config.loss.dc.lr_net, config.loss.dc.batch_train)
+                            config.loss.dc.lr_net, config.loss.dc.batch_train, place)
     jitted = jax.jit(step, donate_argnums=0)
-    step_fn = lambda s, i: jitted(s, i, static, pool.images, pool.mean, pool.std)
+    static_d, pool_d, mean_d, std_d = place.replicate((static, pool.images, pool.mean, pool.std))
+    step_fn = lambda s, i: jitted(s, i, static_d, pool_d, mean_d, std_d)
 
     decode_all = jax.jit(lambda p, st: param.decode(p, st))
     test = jdata.load(config.data.name, "test", **kw)
