@@ -7,6 +7,7 @@ parameterisation adapters), `gmm` (Gaussian-mixture oracle: exact denoiser, scor
 """
 
 from jaxdiff.diffusion import denoiser, gmm, quality, schedules, solvers, train
+from jaxdiff.diffusion import guidance, lookahead, rewards  # LiDAR + test-time baselines (issue #9)
 from jaxdiff.diffusion.denoiser import (
     Denoiser,
     EDMScalings,
