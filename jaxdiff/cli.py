@@ -16,6 +16,8 @@ COMMANDS = {
     "evaluate": ("evaluate_digits", "evaluate",
                  "train fresh networks on a real subset / full data / a saved synthetic set and "
                  "test on the real test split"),
+    "experts": ("experts_digits", "experts",
+                "train expert trajectories (parameter snapshots per epoch) for trajectory matching"),
     "distill": ("quickstart", "distill",
                 "distil a dataset (pixel / FreD / DDiF with DM, DC or TM) and evaluate it"),
 }

@@ -1,0 +1,408 @@
+"""Expert trajectories for trajectory matching (MTT `buffer.py`; dd-common.md §8.1).
+
+An expert is a classifier trained on the real training set with plain SGD (lr 0.01, no momentum,
+no weight decay), batch 256 from a fresh permutation every epoch (the last, smaller batch is
+masked, not dropped: PyTorch's `DataLoader` default), per-sample DSA on every batch, and a
+parameter snapshot after every epoch: E + 1 snapshots (the init, then epochs 1..E).
+
+Several experts train in ONE compiled program: their parameters are stacked (`init_pool`) and
+every step runs the pool with `apply_pool`, each expert on its own minibatch and DSA draw. Expert
+i's randomness depends only on i (init: `fold_in(init_key, i)`; epoch e: `fold_in(fold_in(
+data_key, i), e)`, whose `fold_in(., 0)` draws the permutation and `fold_in(., s + 1)` step s's
+DSA), so a pool of N gives the same experts as N single runs.
+
+Storage: `ExpertStore`, one `.npy` file per expert (see its docstring for the layout). Why NumPy
+files rather than Orbax: the distillation loop reads ONE snapshot pair (θ(t), θ(t + M)) per
+iteration out of ~6.5 GB (100 ConvNet-D3 experts x 51 snapshots); a `[E+1, P]` `.npy` opened
+with `mmap_mode='r'` reads exactly those two rows (2 x 1.28 MB) with no deserialisation, no
+pytree template and no directory scan, and any tool (NumPy, PyTorch) can read it. Writes are
+atomic (write to a temporary name, `os.replace`), so a crash never leaves a truncated file; and
+because the experts use momentum-free SGD, the latest snapshot *is* the full training state, so
+the per-epoch snapshots of an unfinished expert double as its resume checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from jaxdiff.models.functional import apply_pool, init_pool
+
+FORMAT = "jaxdiff-experts/1"
+_EXPERT_RE = re.compile(r"^expert_(\d{5})\.npy$")
+_EPOCH_RE = re.compile(r"^epoch_(\d{4})\.npy$")
+
+
+def _atomic_save(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(array))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_json(path: str, obj: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=lambda o: np.asarray(o).tolist())
+    os.replace(tmp, path)
+
+
+class ExpertStore:
+    """Expert trajectories on disk, loaded lazily by (expert, epoch).
+
+    Layout of `root/`::
+
+        meta.json                       {"format": "jaxdiff-experts/1", "num_params": P,
+                                         "epochs": E, "param_paths": [...], "param_shapes": [...],
+                                         "dtype": "float32", ...caller's fields (dataset, zca,
+                                         model, lr, batch_size, dsa_strategy, seed, fingerprint)}
+        expert_00000.npy                float32 [E + 1, P]: row e = flat parameters after e
+        expert_00001.npy                epochs (row 0 = the initialisation), flattened with
+        ...                             `jax.flatten_util.ravel_pytree` of the model's nnx.Param
+                                        state (`trajectory.flat_student` uses the same order)
+        partial/expert_00007/epoch_0003.npy   float32 [P]: snapshots of an expert still in
+                                        training; merged into expert_00007.npy and deleted
+                                        when it completes
+        zca.npz                         (optional) the ZCA transform the experts were trained
+                                        in: mean [D], whiten [D, D], inverse [D, D]
+
+    Only complete experts (`expert_*.npy`) are visible to `load`/`segment`/`__len__`.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.path.abspath(os.fspath(root))
+        path = os.path.join(self.root, "meta.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no expert store at {self.root} (missing meta.json); "
+                                    "create one with `jaxdiff experts` or ExpertStore.create")
+        with open(path) as f:
+            self.meta = json.load(f)
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        self.num_params = int(self.meta["num_params"])
+        self.epochs = int(self.meta["epochs"])
+        self._mmaps: dict[int, np.ndarray] = {}
+
+    # ----------------------------------------------------------------------------- creation
+    @classmethod
+    def create(cls, root: str | os.PathLike, *, num_params: int, epochs: int,
+               meta: dict | None = None, exist_ok: bool = False) -> "ExpertStore":
+        """Create (or, with `exist_ok`, reopen) a store for trajectories of `epochs` epochs.
+
+        Reopening checks that the stored meta equals `num_params`, `epochs` and every key of
+        `meta`; a mismatch raises ValueError naming the key (experts from another config).
+        """
+        root = os.path.abspath(os.fspath(root))
+        if num_params < 1 or epochs < 1:
+            raise ValueError(f"num_params and epochs must be >= 1, got {num_params}, {epochs}")
+        full = {**json.loads(json.dumps(meta or {}, default=lambda o: np.asarray(o).tolist())),
+                "format": FORMAT, "num_params": int(num_params), "epochs": int(epochs),
+                "dtype": "float32"}
+        path = os.path.join(root, "meta.json")
+        if os.path.exists(path):
+            if not exist_ok:
+                raise FileExistsError(f"{root} already holds an expert store; pass --resume to "
+                                      "continue it, or choose another directory")
+            store = cls(root)
+            for k, v in full.items():
+                if store.meta.get(k) != v:
+                    raise ValueError(f"expert store {root} was made with {k}={store.meta.get(k)!r}"
+                                     f", this run has {k}={v!r}")
+            return store
+        os.makedirs(root, exist_ok=True)
+        _atomic_json(path, full)
+        return cls(root)
+
+    # ----------------------------------------------------------------------------- paths
+    def path(self, expert: int) -> str:
+        return os.path.join(self.root, f"expert_{int(expert):05d}.npy")
+
+    def _partial_dir(self, expert: int) -> str:
+        return os.path.join(self.root, "partial", f"expert_{int(expert):05d}")
+
+    # ----------------------------------------------------------------------------- reading
+    def completed(self) -> list[int]:
+        """Sorted ids of complete experts."""
+        return sorted(int(m.group(1)) for f in os.listdir(self.root)
+                      if (m := _EXPERT_RE.match(f)))
+
+    def __len__(self) -> int:
+        return len(self.completed())
+
+    def is_complete(self, expert: int) -> bool:
+        return os.path.exists(self.path(expert))
+
+    def trajectory(self, expert: int) -> np.ndarray:
+        """Memory-mapped `[E + 1, P]` float32 trajectory of a complete expert (lazy)."""
+        expert = int(expert)
+        if expert not in self._mmaps:
+            if not self.is_complete(expert):
+                raise KeyError(f"expert {expert} is not in {self.root} (complete experts: "
+                               f"{self.completed()[:10]}{'...' if len(self) > 10 else ''})")
+            arr = np.load(self.path(expert), mmap_mode="r")
+            if arr.shape != (self.epochs + 1, self.num_params):
+                raise ValueError(f"{self.path(expert)} has shape {arr.shape}, expected "
+                                 f"{(self.epochs + 1, self.num_params)}")
+            self._mmaps[expert] = arr
+        return self._mmaps[expert]
+
+    def load(self, expert: int, epoch: int) -> np.ndarray:
+        """Flat parameters `[P]` float32 of `expert` after `epoch` epochs (reads one row)."""
+        if not 0 <= int(epoch) <= self.epochs:
+            raise ValueError(f"epoch must be in 0..{self.epochs}, got {epoch}")
+        return np.array(self.trajectory(expert)[int(epoch)])
+
+    def segment(self, expert: int, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(θ(start), θ(start + length)): the start and target of one trajectory-matching step."""
+        if start < 0 or length < 1 or start + length > self.epochs:
+            raise ValueError(f"segment start={start}, length (expert_epochs)={length} does not fit "
+                             f"in {self.epochs} stored epochs (need start + length <= "
+                             f"{self.epochs}; lower max_start_epoch or expert_epochs)")
+        return self.load(expert, start), self.load(expert, start + length)
+
+    def save_zca(self, zca) -> None:
+        _atomic_npz(os.path.join(self.root, "zca.npz"), mean=zca.mean, whiten=zca.whiten,
+                    inverse=zca.inverse)
+
+    def load_zca(self):
+        """The stored `jaxdiff.data.ZCA`, or None when the experts were trained without ZCA."""
+        path = os.path.join(self.root, "zca.npz")
+        if not os.path.exists(path):
+            return None
+        from jaxdiff.data import ZCA
+        with np.load(path) as z:
+            return ZCA(z["mean"], z["whiten"], z["inverse"])
+
+    def check(self, **expected) -> None:
+        """Raise ValueError if a meta field differs, e.g. `check(dataset="digits", zca=False)`."""
+        for k, v in expected.items():
+            if k not in self.meta:
+                raise ValueError(f"expert store {self.root} does not record {k!r}")
+            if self.meta[k] != v:
+                raise ValueError(f"expert store {self.root} has {k}={self.meta[k]!r}, "
+                                 f"but {k}={v!r} was expected")
+
+    # ----------------------------------------------------------------------------- writing
+    def save_trajectory(self, expert: int, trajectory) -> None:
+        """Write a complete `[E + 1, P]` trajectory atomically."""
+        trajectory = np.asarray(trajectory, np.float32)
+        if trajectory.shape != (self.epochs + 1, self.num_params):
+            raise ValueError(f"trajectory has shape {trajectory.shape}, expected "
+                             f"{(self.epochs + 1, self.num_params)}")
+        _atomic_save(self.path(expert), trajectory)
+        self._mmaps.pop(int(expert), None)
+
+    def save_snapshot(self, expert: int, epoch: int, flat) -> None:
+        """Write one in-progress snapshot (`[P]` after `epoch` epochs) atomically."""
+        flat = np.asarray(flat, np.float32)
+        if flat.shape != (self.num_params,):
+            raise ValueError(f"snapshot has shape {flat.shape}, expected ({self.num_params},)")
+        if not 0 <= epoch <= self.epochs:
+            raise ValueError(f"epoch must be in 0..{self.epochs}, got {epoch}")
+        d = self._partial_dir(expert)
+        os.makedirs(d, exist_ok=True)
+        _atomic_save(os.path.join(d, f"epoch_{int(epoch):04d}.npy"), flat)
+
+    def partial_epochs(self, expert: int) -> list[int]:
+        """Epochs with an in-progress snapshot of `expert` (sorted; [] if none)."""
+        d = self._partial_dir(expert)
+        if not os.path.isdir(d):
+            return []
+        return sorted(int(m.group(1)) for f in os.listdir(d) if (m := _EPOCH_RE.match(f)))
+
+    def resume_epoch(self, expert: int) -> int | None:
+        """The epoch an expert can resume from: E if complete, else the last epoch e such that
+        snapshots 0..e all exist, else None (start from scratch)."""
+        if self.is_complete(expert):
+            return self.epochs
+        have = set(self.partial_epochs(expert))
+        e = -1
+        while e + 1 in have:
+            e += 1
+        return e if e >= 0 else None
+
+    def load_snapshot(self, expert: int, epoch: int) -> np.ndarray:
+        """A snapshot of an expert, complete or in progress."""
+        if self.is_complete(expert):
+            return self.load(expert, epoch)
+        path = os.path.join(self._partial_dir(expert), f"epoch_{int(epoch):04d}.npy")
+        if not os.path.exists(path):
+            raise KeyError(f"no snapshot of expert {expert} at epoch {epoch} in {self.root}")
+        return np.load(path)
+
+    def finalize(self, expert: int) -> None:
+        """Merge snapshots 0..E of an in-progress expert into `expert_#####.npy`, atomically."""
+        if self.resume_epoch(expert) != self.epochs:
+            raise ValueError(f"expert {expert} has snapshots up to epoch "
+                             f"{self.resume_epoch(expert)}, not {self.epochs}")
+        if not self.is_complete(expert):
+            rows = [self.load_snapshot(expert, e) for e in range(self.epochs + 1)]
+            self.save_trajectory(expert, np.stack(rows))
+        shutil.rmtree(self._partial_dir(expert), ignore_errors=True)
+        try:
+            os.rmdir(os.path.join(self.root, "partial"))   # only succeeds when empty
+        except OSError:
+            pass
+
+
+def _atomic_npz(path: str, **arrays) -> None:
+    tmp = f"{path}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------- training
+def epoch_schedule(key: jax.Array, num_train: int, batch_size: int
+                   ) -> tuple[jax.Array, jax.Array]:
+    """One epoch's batches: a permutation of `num_train` in chunks of `batch_size`.
+
+    Returns `idx [S, b]` int32 and `weights [S, b]` float32 with S = ceil(num_train / b) and
+    b = min(batch_size, num_train); the last chunk is padded with weight-0 entries (index 0),
+    i.e. the smaller last batch of `DataLoader(shuffle=True, drop_last=False)`.
+    """
+    b = min(int(batch_size), int(num_train))
+    steps = math.ceil(num_train / b)
+    pad = steps * b - num_train
+    perm = jax.random.permutation(key, num_train)
+    idx = jnp.concatenate([perm, jnp.zeros(pad, perm.dtype)]).reshape(steps, b)
+    w = jnp.concatenate([jnp.ones(num_train), jnp.zeros(pad)]).reshape(steps, b)
+    return idx.astype(jnp.int32), w.astype(jnp.float32)
+
+
+class ExpertTrainer(NamedTuple):
+    """Pure functions that train a pool of experts in flat-parameter form.
+
+    init(expert_ids [N] int) -> flat [N, P]: initial parameters, expert i from
+      `fold_in(init_key, i)`.
+    epoch(flat [N, P], expert_ids [N], epoch int, images, labels) -> (flat [N, P], loss [N]):
+      one epoch of SGD for every expert (jitted; `epoch` is traced, so no recompiles).
+    accuracy(flat [N, P], images, labels) -> [N]: accuracy of every expert (jitted, batched).
+    unravel: flat [P] -> nnx.State of parameters; num_params: P.
+    """
+
+    init: Callable
+    epoch: Callable
+    accuracy: Callable
+    unravel: Callable
+    num_params: int
+
+
+def make_expert_trainer(
+    make_model: Callable[[nnx.Rngs], nnx.Module],
+    *,
+    init_key: jax.Array,
+    data_key: jax.Array,
+    num_train: int,
+    lr: float = 0.01,
+    batch_size: int = 256,
+    augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+    eval_batch: int = 500,
+) -> ExpertTrainer:
+    """Build the expert-training functions (dd-common.md §8.1).
+
+    Args:
+      make_model: `make_model(nnx.Rngs(key)) -> classifier` (e.g. a partial of ConvNet). Models
+        with non-parameter state (BatchNorm statistics) are rejected: the snapshots, like MTT's,
+        hold parameters only.
+      init_key, data_key: expert i initialises from `fold_in(init_key, i)`; its epoch e draws
+        from `fold_in(fold_in(data_key, i), e)`.
+      num_train: number of training images (static: fixes the batch schedule's shape).
+      lr: SGD learning rate (no momentum, no weight decay) — `lr_teacher` = 0.01.
+      batch_size: 256 in the references.
+      augment: per-sample DSA `augment(key, images) -> images`, or None.
+      transform: applied to each gathered batch before augmentation, e.g. uint8 -> normalised
+        float32, so the training set can stay uint8 on the device; None = identity.
+    """
+    graphdef, params1, rest1 = init_pool(make_model, jax.random.split(init_key, 1)[:1],
+                                         nnx.Param, ...)
+    if any(np.size(x) > 0 for x in jax.tree.leaves(rest1)):
+        raise ValueError("expert training supports models whose only arrays are nnx.Params "
+                         "(e.g. ConvNet with instance norm), not BatchNorm statistics")
+    _, unravel = ravel_pytree(jax.tree.map(lambda x: x[0], params1))
+    num_params = int(sum(np.prod(x.shape[1:]) for x in jax.tree.leaves(params1)))
+    transform = transform or (lambda x: x)
+
+    def init(expert_ids):
+        keys = jax.vmap(lambda i: jax.random.fold_in(init_key, i))(jnp.asarray(expert_ids))
+        _, params, _ = init_pool(make_model, keys, nnx.Param, ...)
+        return jax.vmap(lambda p: ravel_pytree(p)[0])(params)
+
+    def logits_pool(flat, x, in_axes):
+        params = jax.vmap(unravel)(flat)
+        rest = jax.tree.map(lambda r: jnp.broadcast_to(r, (flat.shape[0], *r.shape[1:])), rest1)
+        return apply_pool(graphdef, (params, rest), x, in_axes=in_axes)[0]
+
+    def pool_loss(flat, x, y, w):
+        # Σ over experts of each expert's mean CE: the gradient w.r.t. the stacked flat
+        # parameters is every expert's own gradient.
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits_pool(flat, x, 0), y)
+        per_expert = jnp.sum(ce * w, axis=1) / jnp.sum(w, axis=1)
+        return jnp.sum(per_expert), per_expert
+
+    @jax.jit
+    def epoch(flat, expert_ids, epoch_idx, images, labels):
+        expert_keys = jax.vmap(
+            lambda i: jax.random.fold_in(jax.random.fold_in(data_key, i), epoch_idx))(
+                jnp.asarray(expert_ids))
+        idx, w = jax.vmap(lambda k: epoch_schedule(jax.random.fold_in(k, 0), num_train,
+                                                   batch_size))(expert_keys)   # [N, S, b]
+        steps = idx.shape[1]
+
+        def step(flat, s):
+            x = transform(images[idx[:, s]])                  # [N, b, H, W, C]
+            y = labels[idx[:, s]]
+            if augment is not None:
+                x = jax.vmap(lambda k, xx: augment(jax.random.fold_in(k, s + 1), xx))(
+                    expert_keys, x)
+            grads, losses = jax.grad(pool_loss, has_aux=True)(flat, x, y, w[:, s])
+            return flat - lr * grads, losses
+
+        flat, losses = jax.lax.scan(step, flat, jnp.arange(steps))
+        return flat, jnp.mean(losses, axis=0)
+
+    @jax.jit
+    def accuracy(flat, images, labels):
+        n = images.shape[0]
+        b = min(eval_batch, n)
+        steps = math.ceil(n / b)
+        pad = steps * b - n
+        xs = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1)).reshape(
+            steps, b, *images.shape[1:])
+        ys = jnp.pad(labels, (0, pad), constant_values=-1).reshape(steps, b)
+
+        def count(_, xy):
+            x, y = xy
+            pred = jnp.argmax(logits_pool(flat, transform(x), None), -1)   # [N, b]
+            return None, jnp.sum(pred == y[None], axis=1)
+
+        _, correct = jax.lax.scan(count, None, (xs, ys))
+        return jnp.sum(correct, axis=0) / n
+
+    return ExpertTrainer(init, epoch, accuracy, unravel, num_params)
+
+
+def param_layout(make_model: Callable[[nnx.Rngs], nnx.Module], key: jax.Array) -> dict[str, Any]:
+    """`{"param_paths": [...], "param_shapes": [...]}` in flat order, for `ExpertStore` meta."""
+    model = nnx.eval_shape(lambda: make_model(nnx.Rngs(key)))
+    params = nnx.state(model, nnx.Param)
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    def name(path):
+        parts = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return "/".join(p for p in parts if p not in ("value", ".value"))
+
+    return {"param_paths": [name(path) for path, _ in leaves],
+            "param_shapes": [list(x.shape) for _, x in leaves]}
