@@ -128,3 +128,58 @@ def test_spec_defaults_and_group_learning_rates(tmp_path):
     assert not np.allclose(p["params/Wo"], z["params/Wo"])
     with pytest.raises(ValueError, match="parameter groups"):
         distill.run(_tiny(tmp_path / "bad", **{"param.name": "ddif", "opt.group_lr": "W9=1"}))
+
+
+# ----------------------------------------------------------------------------- trajectory matching
+@pytest.fixture(scope="module")
+def tiny_experts(tmp_path_factory):
+    from jaxdiff.pipelines import experts
+    d = tmp_path_factory.mktemp("experts")
+    cfg = build_config("experts_digits", [
+        ("data.image_size", "8"), ("model.width", "8"), ("num_experts", "2"), ("parallel", "2"),
+        ("epochs", "3"), ("batch_size", "64"), ("progress", "False"), ("buffer_dir", str(d))])
+    experts.run(cfg)
+    return str(d)
+
+
+def _tm(run_dir, buffer_dir, **over):
+    base = {"loss.name": "tm", "loss.tm.buffer_dir": buffer_dir, "loss.tm.syn_steps": 3,
+            "loss.tm.expert_epochs": 1, "loss.tm.max_start_epoch": 2, "loss.tm.lr_lr": 1e-3,
+            "loss.tm.batch_syn": 8, "opt.name": "sgd", "opt.lr": 10.0, "eval.num_runs": 0}
+    base.update(over)
+    return _tiny(run_dir, **base)
+
+
+@pytest.mark.parametrize("param", ["pixel", "ddif"])
+def test_tm_distills_and_learns_the_step_size(tmp_path, tiny_experts, param):
+    over = {"param.name": param, "eval.num_runs": 1}
+    if param == "ddif":
+        over.update({"opt.name": "adam", "opt.lr": 1e-3})
+    out = distill.run(_tm(tmp_path, tiny_experts, **over))
+    rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert all(0 < r["loss"] < 10 for r in rows)
+    s = load_synset(str(tmp_path))
+    # The learned step size moved away from lr_teacher and is what evaluation used and saved.
+    assert out["eval_lr"] != pytest.approx(0.01, rel=1e-6) and out["eval_lr"] >= 1e-3
+    assert s.lr == pytest.approx(out["eval_lr"])
+    assert rows[-1]["syn_lr"] == pytest.approx(out["eval_lr"], rel=1e-6)
+
+
+def test_tm_resume_equals_uninterrupted(tmp_path, tiny_experts):
+    over = {"param.name": "pixel"}
+    distill.run(_tm(tmp_path / "full", tiny_experts, **over))
+    distill.run(_tm(tmp_path / "cut", tiny_experts, iterations=2, **over))
+    cfg = _tm(tmp_path / "cut", tiny_experts, **over)
+    cfg.resume = True
+    distill.run(cfg)
+    a, b = np.load(tmp_path / "full" / "params.npz"), np.load(tmp_path / "cut" / "params.npz")
+    np.testing.assert_array_equal(a["params/images"], b["params/images"])
+
+
+def test_tm_bad_experts(tmp_path, tiny_experts):
+    with pytest.raises(ValueError, match="buffer_dir"):
+        distill.run(_tm(tmp_path / "a", ""))
+    with pytest.raises(ValueError, match="exceeds the 3 epochs"):
+        distill.run(_tm(tmp_path / "b", tiny_experts, **{"loss.tm.max_start_epoch": 3}))
+    with pytest.raises(FileNotFoundError, match="no expert store"):
+        distill.run(_tm(tmp_path / "c", str(tmp_path / "nowhere")))

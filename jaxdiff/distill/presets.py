@@ -5,6 +5,8 @@ Sources (see the specs for the evidence level of each figure):
 * pixel: DC/DSA `--lr_img 0.1`, DM `--lr_img 1.0`, SGD momentum 0.5 (dd-common.md §5, §7);
 * FreD: `lr_freq` DC 1e3, DM 1e6, SGD momentum 0.5, unnormalised DCT (fred.md §6) — with
   `dct_norm="ortho"` these rates do not apply and "auto" is refused;
+* TM: MTT/FreD/DDiF learning rates and FreD's TM table (syn_steps, expert_epochs,
+  max_start_epoch, lr_lr, lr_teacher) per (dataset, IPC);
 * DDiF: Adam `lr_nf` 5e-5 for DM and DC (the ImageNette scripts; CIFAR values are in the paper's
   appendix, UNVERIFIED: ddif.md §5), SIREN depth/width of the reference's `hyper_params.py`.
 
@@ -26,6 +28,22 @@ OPTIMIZER_DEFAULTS = {
     ("fred", "dc"): ("sgd", 1e3, 0.5),
     ("ddif", "dm"): ("adam", 5e-5, 0.0),
     ("ddif", "dc"): ("adam", 5e-5, 0.0),
+    # TM: MTT lr_img 1000 (CIFAR-10 IPC1, [U/T]); FreD lr_freq 1e8; DDiF lr_nf 1e-4 (the
+    # ImageNette script; the CIFAR value is in the paper's appendix, UNVERIFIED).
+    ("pixel", "tm"): ("sgd", 1000.0, 0.5),
+    ("fred", "tm"): ("sgd", 1e8, 0.5),
+    ("ddif", "tm"): ("adam", 1e-4, 0.0),
+}
+
+# TM per (dataset family, ipc): (syn_steps, expert_epochs, max_start_epoch, lr_lr, lr_teacher),
+# FreD's TM/hyper_params.py (fred.md §6), which DDiF reuses.
+TM_DEFAULTS = {
+    ("cifar10", 1): (50, 2, 5, 1e-7, 1e-2),
+    ("cifar10", 10): (40, 2, 15, 1e-5, 1e-2),
+    ("cifar10", 50): (30, 2, 40, 1e-5, 1e-3),
+    ("cifar100", 1): (50, 2, 15, 1e-5, 1e-2),
+    ("cifar100", 10): (20, 2, 40, 1e-5, 1e-2),
+    ("cifar100", 50): (80, 2, 40, 1e-5, 1e-2),
 }
 
 # jaxdiff dataset name -> the key of the reference presets
@@ -51,6 +69,23 @@ def resolve_auto(config) -> list[str]:
         if not config.opt.lr:
             config.opt.lr = lr
             filled.append(f"opt.lr={lr:g}")
+    if loss == "tm" and (not config.loss.tm.syn_steps or not config.loss.tm.max_start_epoch
+                         or not config.loss.tm.lr_lr):
+        family = _DATASET_FAMILY.get(config.data.name)
+        if (family, config.ipc) not in TM_DEFAULTS:
+            raise ValueError(f"no TM defaults for {config.data.name!r} IPC {config.ipc}; set "
+                             "loss.tm.syn_steps, loss.tm.max_start_epoch and loss.tm.lr_lr")
+        steps, epochs, max_start, lr_lr, lr_teacher = TM_DEFAULTS[(family, config.ipc)]
+        tm = config.loss.tm
+        if not tm.syn_steps:
+            tm.syn_steps, tm.expert_epochs = steps, epochs
+        if not tm.max_start_epoch:
+            tm.max_start_epoch = max_start
+        if not tm.lr_lr:
+            tm.lr_lr, tm.lr_teacher = lr_lr, lr_teacher
+        filled.append(f"loss.tm syn_steps={tm.syn_steps} expert_epochs={tm.expert_epochs} "
+                      f"max_start_epoch={tm.max_start_epoch} lr_lr={tm.lr_lr:g} "
+                      f"lr_teacher={tm.lr_teacher:g}")
     if param == "ddif" and (not config.param.ddif.depth or not config.param.ddif.width):
         family = _DATASET_FAMILY.get(config.data.name)
         if family is None:

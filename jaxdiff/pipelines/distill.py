@@ -7,6 +7,7 @@ jitted function — decode, loss, gradient, per-instance optax update — run by
 * `checkpoints/`      Orbax checkpoints of the full state (parameters, optimiser state, step);
 * `synthetic.npz`     the decoded set in the documented format (`jaxdiff.distill.synset`);
 * `params.npz`        the raw parameters and frozen arrays of the parameterisation;
+* `static.npz`        the frozen arrays as initialised (a resume reuses them);
 * `init.png`, `final.png`  grids of the decoded images (one class per row);
 * `metrics.jsonl`, `results.json`, `config.json`.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,8 @@ from jaxdiff import data as jdata
 from jaxdiff import sharding
 from jaxdiff.config_utils import require_choice
 from jaxdiff.distill import losses as L
+from jaxdiff.distill import trajectory as T
+from jaxdiff.distill.experts import ExpertStore
 from jaxdiff.distill.evaluate import train_and_test
 from jaxdiff.distill.optim import per_instance, plain
 from jaxdiff.distill.params import get_parameterisation
@@ -40,7 +44,7 @@ from jaxdiff.models.functional import apply
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines.loop import run_loop
 
-LOSSES = ("dm", "dc")
+LOSSES = ("dm", "dc", "tm")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -77,10 +81,17 @@ def sample_real(pool_images, mean, std, key, batch):
 
 
 # ----------------------------------------------------------------------------- building blocks
-def parameterisation_from_config(config):
+def parameterisation_from_config(config, skip_warmup: bool = False):
     name = require_choice(config.param.name, ("pixel", "fred", "ddif"), "param.name")
     options = dict(config.param[name]) if name in config.param else {}
+    if skip_warmup and name == "ddif":
+        options["warmup_steps"] = 0
     return get_parameterisation(name, ipc=config.ipc, **options)
+
+
+def _has_checkpoint(run_dir: str) -> bool:
+    d = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
 
 
 def parse_group_lr(spec: str, groups) -> dict[str, float]:
@@ -216,6 +227,42 @@ def make_dc_step(param, opt, make_model, augment, per_sample_augment, batch_real
     return step
 
 
+def make_tm_step(param, opt, student, augment, syn_steps, batch_syn, mode, lr_opt, min_syn_lr,
+                 place):
+    """Trajectory matching (dd-common.md §8): decode, unroll `syn_steps` student SGD steps from
+    the expert snapshot `start`, loss ‖θ_N − θ*‖² / ‖θ₀ − θ*‖², update the set and the learned
+    student step size α (its own optimiser, clipped below at `min_syn_lr`).
+
+    Instances the minibatch schedule did not use this iteration (DDiF with
+    `syn_steps * batch_syn < N`) get an all-zero gradient; they are marked unused so the
+    per-instance optimiser leaves their state untouched, as PyTorch does for a None gradient.
+    """
+
+    def step(state, step_idx, static, start, target):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step_idx)
+        labels = param.labels(static)
+
+        def loss_fn(p, syn_lr):
+            images = place.syn(param.decode(p, static))
+            return T.mtt_loss(images, labels, syn_lr, start, target, key,
+                              apply_fn=student.apply_fn, syn_steps=syn_steps,
+                              batch_syn=batch_syn or None, augment=augment, mode=mode)
+
+        loss, (g, g_lr) = jax.value_and_grad(loss_fn, argnums=(0, 1))(state["params"],
+                                                                      state["syn_lr"])
+        used = jnp.zeros(labels.shape[0], bool)
+        for leaf in jax.tree.leaves(g):
+            used = used | jnp.any(leaf.reshape(leaf.shape[0], -1) != 0, axis=1)
+        updates, opt_state = opt.update(g, state["opt"], state["params"], used)
+        params = optax.apply_updates(state["params"], updates)
+        lr_updates, lr_state = lr_opt.update(g_lr, state["lr_opt"], state["syn_lr"])
+        syn_lr = T.clip_syn_lr(optax.apply_updates(state["syn_lr"], lr_updates), min_syn_lr)
+        return ({**state, "params": params, "opt": opt_state, "syn_lr": syn_lr,
+                 "lr_opt": lr_state}, {"loss": loss, "syn_lr": syn_lr})
+
+    return step
+
+
 class Placement:
     """Sharding of the distillation step over a 1-D data mesh (DESIGN.md §2 Sharding).
 
@@ -251,25 +298,71 @@ class Placement:
 
 
 # ----------------------------------------------------------------------------- the pipeline
-def run(config: ml_collections.ConfigDict) -> dict:
-    timer = common.Timer()
+class Built(NamedTuple):
+    """Everything a distillation run (or a benchmark of its step) needs."""
+
+    param: Any            # the Parameterisation
+    static: dict          # its frozen arrays (host/default placement)
+    state: dict           # {"params", "opt", "key"}: the loop state at step 0
+    step: Callable        # jitted `(state, step, static, pool, mean, std) -> (state, metrics)`
+    step_args: tuple      # (static, pool, mean, std) placed on the mesh
+    report: Any           # BudgetReport
+    info: Any             # DatasetInfo
+    make_model: Callable  # the classifier factory (distillation networks and evaluation)
+    extra_args: Callable | None = None  # TM: step -> (start, target) expert snapshots
+
+    def step_fn(self, state, i):
+        extra = self.extra_args(i) if self.extra_args is not None else ()
+        return self.step(state, i, *self.step_args, *extra)
+
+
+def open_experts(buffer_dir: str, info):
+    """The expert store for TM, checked against the dataset being distilled."""
+    if not buffer_dir:
+        raise ValueError("loss.name=tm needs --config.loss.tm.buffer_dir=DIR (made by "
+                         "`jaxdiff experts`)")
+    store = ExpertStore(buffer_dir)
+    store.check(dataset=info.name, image_shape=list(info.image_shape))
+    if store.meta.get("zca"):
+        raise NotImplementedError(f"the experts in {buffer_dir} were trained on ZCA-whitened "
+                                  "images; distilling in ZCA space is not wired into "
+                                  "`jaxdiff distill` yet")
+    if len(store) == 0:
+        raise ValueError(f"{buffer_dir} holds no complete expert yet")
+    return store
+
+
+def _segment_feeder(store, tm, seed, place):
+    """`step -> (start, target)`: expert e ~ U{experts}, start epoch t ~ U[0, max_start_epoch),
+    drawn from the step index (so a resumed run draws the same segments), read lazily."""
+    if tm.max_start_epoch + tm.expert_epochs > store.epochs:
+        raise ValueError(f"max_start_epoch ({tm.max_start_epoch}) + expert_epochs "
+                         f"({tm.expert_epochs}) exceeds the {store.epochs} epochs stored in "
+                         f"{store.root}")
+    key = jax.random.fold_in(jax.random.key(seed), 0x7E5)
+
+    def feed(step):
+        e, t = T.sample_segment(jax.random.fold_in(key, step), len(store), tm.max_start_epoch)
+        start, target = store.segment(store.completed()[int(e)], int(t), tm.expert_epochs)
+        return place.replicate((jnp.asarray(start), jnp.asarray(target)))
+
+    return feed
+
+
+def build(config: ml_collections.ConfigDict, train, *, skip_warmup: bool = False) -> Built:
+    """Parameterisation, initial state and the jitted step of `config` on the training split.
+
+    `skip_warmup`: initialise DDiF fields without the warm-up fit (a resume restores the fitted
+    parameters anyway, so re-fitting them would be wasted work).
+    """
     loss_name = require_choice(config.loss.name, LOSSES, "loss.name")
-    require_choice(config.param.name, ("pixel", "fred", "ddif"), "param.name")
-    for filled in resolve_auto(config):
-        print(f"[jaxdiff distill] spec default: {filled}", flush=True)
-    param = parameterisation_from_config(config)
-    kw = dict(data_dir=config.data.data_dir or None, image_size=config.data.image_size or None)
-    train = jdata.load(config.data.name, "train", **kw)
+    param = parameterisation_from_config(config, skip_warmup=skip_warmup)
     info = train.info
     report = param.plan(info.image_shape, info.num_classes)   # fails here, before any work
-    print(f"[jaxdiff distill] {report}", flush=True)
     n_pc = report.instances_per_class
     pool = RealPool(train.images, train.labels, info)
-    run_dir = common.make_run_dir(config.run_dir)
-    common.save_config(run_dir, config)
 
-    key = jax.random.key(config.seed)
-    k_init, k_loop, k_eval = jax.random.split(key, 3)
+    k_init, k_loop = jax.random.split(jax.random.key(config.seed), 3)[:2]
     real_by_class = pool.normalise(pool.images)
     params, static = param.init(k_init, real_by_class)
     del real_by_class
@@ -282,39 +375,91 @@ def run(config: ml_collections.ConfigDict) -> dict:
     strategy = common.dsa_strategy_for(info.name, config.loss.dsa_strategy)
     siamese_aug = _siamese_augment(strategy)
     batch_real = min(config.loss.batch_real, pool.per_class)
-    if loss_name == "dm":
+    if loss_name == "tm":
+        step = None
+    elif loss_name == "dm":
         step = make_dm_step(param, opt, make_model, siamese_aug, batch_real, info.num_classes, n_pc,
                             place)
     else:
         outer, inner = (config.loss.dc.outer, config.loss.dc.inner)
         if not outer:
             outer, inner = L.dc_loops(config.ipc)
-        step = make_dc_step(param, opt, make_model, siamese_aug, common.make_augment(info.name, strategy or "none"),
+        step = make_dc_step(param, opt, make_model, siamese_aug,
+                            common.make_augment(info.name, strategy or "none"),
                             batch_real, info.num_classes, n_pc, outer, inner, config.loss.dc.metric,
                             config.loss.dc.lr_net, config.loss.dc.batch_train, place)
-    jitted = jax.jit(step, donate_argnums=0)
-    static_d, pool_d, mean_d, std_d = place.replicate((static, pool.images, pool.mean, pool.std))
-    step_fn = lambda s, i: jitted(s, i, static_d, pool_d, mean_d, std_d)
+    experts = None
+    if loss_name == "tm":
+        tm = config.loss.tm
+        experts = open_experts(tm.buffer_dir, info)
+        student = T.flat_student(
+            common.model_factory(ml_collections.ConfigDict(experts.meta["model"]),
+                                 info.image_shape, info.num_classes), k_init)
+        if student.init_flat.size != experts.num_params:
+            raise ValueError(f"the experts in {tm.buffer_dir} have {experts.num_params} "
+                             f"parameters, their model config builds {student.init_flat.size}")
+        lr_opt = T.syn_lr_optimizer(tm.lr_lr)
+        syn_lr = jnp.asarray(tm.lr_teacher, jnp.float32)
+        state["syn_lr"], state["lr_opt"] = syn_lr, lr_opt.init(syn_lr)
+        per_sample = common.make_augment(info.name, strategy or "none")
+        step = make_tm_step(param, opt, student, per_sample, tm.syn_steps, tm.batch_syn, tm.mode,
+                            lr_opt, tm.min_syn_lr or None, place)
+        jitted = jax.jit(step, donate_argnums=0)
+        step_args = place.replicate((static,))
+        return Built(param, static, state, jitted, step_args, report, info, make_model,
+                     _segment_feeder(experts, tm, config.seed, place))
+    step_args = place.replicate((static, pool.images, pool.mean, pool.std))
+    return Built(param, static, state, jax.jit(step, donate_argnums=0), step_args, report, info,
+                 make_model)
+
+
+def run(config: ml_collections.ConfigDict) -> dict:
+    timer = common.Timer()
+    loss_name = require_choice(config.loss.name, LOSSES, "loss.name")
+    require_choice(config.param.name, ("pixel", "fred", "ddif"), "param.name")
+    for filled in resolve_auto(config):
+        print(f"[jaxdiff distill] spec default: {filled}", flush=True)
+    kw = dict(data_dir=config.data.data_dir or None, image_size=config.data.image_size or None)
+    train = jdata.load(config.data.name, "train", **kw)
+    run_dir = common.make_run_dir(config.run_dir)
+    resuming = bool(config.resume) and _has_checkpoint(run_dir)
+    b = build(config, train, skip_warmup=resuming)
+    param, static, info, make_model, report = b.param, b.static, b.info, b.make_model, b.report
+    n_pc = report.instances_per_class
+    print(f"[jaxdiff distill] {report}", flush=True)
+    common.save_config(run_dir, config)
+    params, state, step_fn = b.state["params"], b.state, b.step_fn
+    k_eval = jax.random.split(jax.random.key(config.seed), 3)[2]
+    static_path = os.path.join(run_dir, "static.npz")
+    if resuming and os.path.exists(static_path):
+        # The frozen arrays of the original init (e.g. DDiF's warm-up errors), not the re-init's.
+        with np.load(static_path) as f:
+            static = {k: jnp.asarray(f[k]) for k in f.files}
+    else:
+        np.savez(static_path, **{k: np.asarray(v) for k, v in static.items()})
 
     decode_all = jax.jit(lambda p, st: param.decode(p, st))
     test = jdata.load(config.data.name, "test", **kw)
     test_x = jdata.normalize(test.images, info)
     eval_aug = common.make_augment(info.name, config.eval.dsa_strategy)
 
-    def evaluate(images, labels, k):
+    def evaluate(images, labels, k, lr=config.eval.lr):
         return train_and_test(k, images, labels, test_x, test.labels, make_model=make_model,
                               num_runs=config.eval.num_runs, epochs=config.eval.epochs,
-                              lr=config.eval.lr, batch_size=config.eval.batch_size, augment=eval_aug,
+                              lr=lr, batch_size=config.eval.batch_size, augment=eval_aug,
                               progress=False)
 
     labels = np.asarray(param.labels(static))
     scale = max(1, 64 // info.image_shape[0])
-    save_grid(os.path.join(run_dir, "init.png"), _display(decode_all(params, static), info),
-              ncol=_ncol(n_pc, info.num_classes), scale=scale)
+    if not resuming:
+        save_grid(os.path.join(run_dir, "init.png"), _display(decode_all(params, static), info),
+                  ncol=_ncol(n_pc, info.num_classes), scale=scale)
 
     def on_log(done, state, row):
         if config.eval_every and done % config.eval_every == 0 and done != config.iterations:
-            r = evaluate(decode_all(state["params"], static), labels, jax.random.fold_in(k_eval, done))
+            lr = float(state["syn_lr"]) if "syn_lr" in state else config.eval.lr
+            r = evaluate(decode_all(state["params"], static), labels,
+                         jax.random.fold_in(k_eval, done), lr=lr)
             print(f"\n[jaxdiff distill] step {done}: accuracy {r.summary()}", flush=True)
             return {"eval_accuracy": r.mean, "eval_accuracy_std": r.std}
         return {}
@@ -325,8 +470,11 @@ def run(config: ml_collections.ConfigDict) -> dict:
                               on_log=on_log, progress=config.progress)
     images = np.asarray(decode_all(state["params"], static))
     method = f"{param.name}/{loss_name} ipc{config.ipc}"
+    # TM learns the student's step size α; the references evaluate with it (dd-common.md §8).
+    eval_lr = float(state["syn_lr"]) if "syn_lr" in state else config.eval.lr
     save_synset(run_dir, LabelledSet(images, labels, info.name, np.asarray(info.mean, np.float32),
-                                     np.asarray(info.std, np.float32), method=method))
+                                     np.asarray(info.std, np.float32), method=method,
+                                     lr=eval_lr if "syn_lr" in state else float("nan")))
     np.savez(os.path.join(run_dir, "params.npz"),
              **{f"params/{k}": np.asarray(v) for k, v in state["params"].items()},
              **{f"static/{k}": np.asarray(v) for k, v in static.items()})
@@ -336,9 +484,10 @@ def run(config: ml_collections.ConfigDict) -> dict:
     out = {"method": method, "dataset": info.name, "budget": str(report),
            "instances": int(len(labels)), "storage_floats": int(param.storage_floats(state["params"], static)),
            "iterations": config.iterations, "final_loss": history[-1]["loss"] if history else None,
-           "distill_seconds": distill_seconds, "devices": common.describe_devices()}
+           "distill_seconds": distill_seconds, "devices": common.describe_devices(),
+           "eval_lr": eval_lr}
     if config.eval.num_runs > 0:
-        r = evaluate(images, labels, k_eval)
+        r = evaluate(images, labels, k_eval, lr=eval_lr)
         out.update(accuracy_mean=r.mean, accuracy_std=r.std, accuracy_runs=r.accuracy.tolist())
         print(f"[jaxdiff distill] {method}: accuracy {r.summary()}", flush=True)
         if config.eval.compare_random:
