@@ -20,6 +20,11 @@ COMMANDS = {
                 "train expert trajectories (parameter snapshots per epoch) for trajectory matching"),
     "distill": ("quickstart", "distill",
                 "distil a dataset (pixel / FreD / DDiF with DM, DC or TM) and evaluate it"),
+    "train-denoiser": ("train_denoiser_digits", "train_denoiser",
+                       "train an EDM denoiser (U-Net/MLP) with EMA; writes sample grids and a model"),
+    "sample": ("sample_digits", "sample",
+               "sample a trained denoiser (or an analytic GMM) with a chosen solver; NFE, quality"),
+    "train-discriminator": ("train_discriminator_digits", "train_discriminator", "train the DiffRS/DG time-dependent discriminator for a trained denoiser; DiffRS demo"),
 }
 SHOW_HELP = "write PNG grids of the image sets in a run directory"
 
