@@ -19,7 +19,9 @@ def base_config():
                   dc=dict(outer=0, inner=0, metric="ours", lr_net=0.01, batch_train=256),  # 0 = DC table
                   # TM (dd-common.md §8): experts from `jaxdiff experts`; 0 = the table for the IPC
                   tm=dict(buffer_dir="", syn_steps=0, expert_epochs=2, max_start_epoch=0,
-                          lr_lr=0.0, lr_teacher=0.01, batch_syn=0, mode="remat", min_syn_lr=1e-3))
+                          lr_lr=0.0, lr_teacher=0.01, batch_syn=0, mode="remat", min_syn_lr=1e-3),
+                  # LCMat-C (loss.name=lcmat): DC loops + matching at theta and theta + eps*
+                  lcmat=dict(rho=0.05, weight=0.5, perturbation="global"))
     # "auto" / lr 0: the references' values for (param, loss) — jaxdiff.distill.presets.
     # group_lr: per-parameter-group rates, e.g. "W1=1e-4,bo=1e-3" (others use lr).
     c.opt = dict(name="auto", lr=0.0, momentum=0.5, masked=True, group_lr="")

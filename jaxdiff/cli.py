@@ -24,6 +24,7 @@ COMMANDS = {
                        "train an EDM denoiser (U-Net/MLP) with EMA; writes sample grids and a model"),
     "sample": ("sample_digits", "sample",
                "sample a trained denoiser (or an analytic GMM) with a chosen solver; NFE, quality"),
+    "select": ("select_digits", "select", "select class-balanced subsets (LCMat-S and baselines) and evaluate them"),
     "train-discriminator": ("train_discriminator_digits", "train_discriminator", "train the DiffRS/DG time-dependent discriminator for a trained denoiser; DiffRS demo"),
 }
 SHOW_HELP = "write PNG grids of the image sets in a run directory"

@@ -183,3 +183,14 @@ def test_tm_bad_experts(tmp_path, tiny_experts):
         distill.run(_tm(tmp_path / "b", tiny_experts, **{"loss.tm.max_start_epoch": 3}))
     with pytest.raises(FileNotFoundError, match="no expert store"):
         distill.run(_tm(tmp_path / "c", str(tmp_path / "nowhere")))
+
+
+def test_lcmat_with_rho_zero_equals_dc_and_differs_otherwise(tmp_path):
+    over = {"param.name": "pixel", "eval.num_runs": 0, "iterations": 2, "opt.name": "sgd",
+            "opt.lr": 0.5, "loss.dc.outer": 2, "loss.dc.inner": 1, "loss.dc.batch_train": 8}
+    distill.run(_tiny(tmp_path / "dc", **{"loss.name": "dc"}, **over))
+    distill.run(_tiny(tmp_path / "lc0", **{"loss.name": "lcmat", "loss.lcmat.rho": 0.0}, **over))
+    distill.run(_tiny(tmp_path / "lc", **{"loss.name": "lcmat", "loss.lcmat.rho": 0.5}, **over))
+    dc, lc0, lc = (np.load(tmp_path / d / "params.npz")["params/images"] for d in ("dc", "lc0", "lc"))
+    np.testing.assert_allclose(lc0, dc, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(lc, dc, rtol=1e-3, atol=1e-4)

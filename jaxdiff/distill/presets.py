@@ -55,14 +55,15 @@ def resolve_auto(config) -> list[str]:
     filled = []
     param, loss = config.param.name, config.loss.name
     if config.opt.name == "auto" or not config.opt.lr:
-        if (param, loss) not in OPTIMIZER_DEFAULTS:
+        if (param, "dc" if loss == "lcmat" else loss) not in OPTIMIZER_DEFAULTS:
             raise ValueError(f"no default optimiser for param.name={param!r} with "
                              f"loss.name={loss!r}; set opt.name and opt.lr explicitly")
         if param == "fred" and config.param.fred.dct_norm == "ortho":
             raise ValueError("the references' FreD learning rates are for the unnormalised DCT; "
                              "with param.fred.dct_norm='ortho' set opt.lr explicitly "
                              "(see jaxdiff.distill.params.ortho_learning_rates)")
-        name, lr, momentum = OPTIMIZER_DEFAULTS[(param, loss)]
+        # LCMat-C is DC's machinery with another matching loss: DC's rates.
+        name, lr, momentum = OPTIMIZER_DEFAULTS[(param, "dc" if loss == "lcmat" else loss)]
         if config.opt.name == "auto":
             config.opt.name, config.opt.momentum = name, momentum
             filled.append(f"opt.name={name}, opt.momentum={momentum}")

@@ -1,6 +1,8 @@
 """`jaxdiff distill`: distil a dataset into a parameterised synthetic set.
 
-Any parameterisation (pixel, FreD, DDiF) x any loss (DM, DC/DSA). One distillation step is one
+Any parameterisation (pixel, FreD, DDiF) x any loss: DM, DC/DSA, TM (MTT over stored experts) or
+LCMat-C (DC's machinery with curvature matching; inferred from the paper, see
+`jaxdiff.distill.curvature`). One distillation step is one
 jitted function — decode, loss, gradient, per-instance optax update — run by the resumable loop
 (`jaxdiff.pipelines.loop`). The run directory receives:
 
@@ -33,6 +35,7 @@ from jaxdiff import sharding
 from jaxdiff.config_utils import require_choice
 from jaxdiff.distill import losses as L
 from jaxdiff.distill import trajectory as T
+from jaxdiff.distill.curvature import lcmat_loss
 from jaxdiff.distill.experts import ExpertStore
 from jaxdiff.distill.evaluate import train_and_test
 from jaxdiff.distill.optim import per_instance, plain
@@ -44,7 +47,7 @@ from jaxdiff.models.functional import apply
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines.loop import run_loop
 
-LOSSES = ("dm", "dc", "tm")
+LOSSES = ("dm", "dc", "tm", "lcmat")
 OPTIMIZERS = ("adam", "sgd")
 
 
@@ -160,9 +163,13 @@ def make_dm_step(param, opt, make_model, augment, batch_real, num_classes, n_pc,
 
 
 def make_dc_step(param, opt, make_model, augment, per_sample_augment, batch_real, num_classes,
-                 n_pc, outer, inner, metric, lr_net, batch_train, place):
+                 n_pc, outer, inner, metric, lr_net, batch_train, place,
+                 match_loss=L.gradient_matching_loss):
     """DC/DSA (dd-common.md §5.3): `outer` image updates per iteration, each followed (except the
-    last) by `inner` epochs of SGD training of the network on the current synthetic set."""
+    last) by `inner` epochs of SGD training of the network on the current synthetic set.
+
+    `match_loss` has `gradient_matching_loss`'s signature; LCMat-C passes its curvature-matching
+    loss (`jaxdiff.distill.curvature.lcmat_loss`) and reuses everything else."""
     init_net = _net_fns(make_model)
 
     def step(state, step_idx, static, pool, mean, std):
@@ -210,7 +217,7 @@ def make_dc_step(param, opt, make_model, augment, per_sample_augment, batch_real
 
             def loss_fn(p):
                 syn = place.syn(param.decode(p, static)).reshape(num_classes, n_pc, *real.shape[2:])
-                return L.gradient_matching_loss(net, theta, syn, real, k_aug, augment, metric)
+                return match_loss(net, theta, syn, real, k_aug, augment, metric)
 
             loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = opt.update(grads, opt_state, params)
@@ -384,10 +391,15 @@ def build(config: ml_collections.ConfigDict, train, *, skip_warmup: bool = False
         outer, inner = (config.loss.dc.outer, config.loss.dc.inner)
         if not outer:
             outer, inner = L.dc_loops(config.ipc)
+        match = L.gradient_matching_loss
+        if loss_name == "lcmat":
+            lc = config.loss.lcmat
+            match = functools.partial(lcmat_loss, rho=lc.rho, weight=lc.weight,
+                                      perturbation=lc.perturbation)
         step = make_dc_step(param, opt, make_model, siamese_aug,
                             common.make_augment(info.name, strategy or "none"),
                             batch_real, info.num_classes, n_pc, outer, inner, config.loss.dc.metric,
-                            config.loss.dc.lr_net, config.loss.dc.batch_train, place)
+                            config.loss.dc.lr_net, config.loss.dc.batch_train, place, match)
     experts = None
     if loss_name == "tm":
         tm = config.loss.tm
