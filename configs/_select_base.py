@@ -36,6 +36,8 @@ def base_config():
         model=dict(name="convnet", depth=0, width=32, norm="instancenorm"),
         epochs=300, lr=0.01, batch_size=256, num_runs=2, dsa_strategy="auto",
         test_size=0,                        # 0 = the whole test split
+        use_weights=False,                  # train on the methods' weights (CRAIG/GradMatch
+                                            # counts); docs/results_select.md used False
     )
     c.progress = True
     c.resume = False

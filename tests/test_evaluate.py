@@ -28,7 +28,7 @@ def _toy_data(n=20, n_test=30, classes=3, seed=0):
 _MLP = functools.partial(models.MLP, in_features=16, out_features=3, hidden=(8,))
 
 
-def _reference_run(key, x, y, xt, yt, *, epochs, lr, batch, momentum=0.9, wd=5e-4):
+def _reference_run(key, x, y, xt, yt, *, epochs, lr, batch, momentum=0.9, wd=5e-4, weights=None):
     """Straightforward eager loop: torch SGD(momentum, weight_decay) semantics, E + 1 epochs,
     lr x 0.1 and fresh momentum from epoch E//2 + 2, masked (weighted) smaller last batch."""
     init_key, data_key = jax.random.split(key)
@@ -37,6 +37,7 @@ def _reference_run(key, x, y, xt, yt, *, epochs, lr, batch, momentum=0.9, wd=5e-
     steps = -(-n // batch)
     vel = jax.tree.map(jnp.zeros_like, params)
     phase1 = decay_epoch(epochs)
+    weights = np.ones(n, np.float32) if weights is None else weights
     for e in range(epochs + 1):
         if e == phase1:
             vel = jax.tree.map(jnp.zeros_like, vel)
@@ -49,7 +50,8 @@ def _reference_run(key, x, y, xt, yt, *, epochs, lr, batch, momentum=0.9, wd=5e-
 
             def loss(p):
                 logits = nnx.merge(graphdef, p)(x[idx])
-                return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]))
+                ce = optax.softmax_cross_entropy_with_integer_labels(logits, y[idx])
+                return jnp.sum(weights[idx] * ce) / jnp.sum(weights[idx])
 
             l, g = jax.value_and_grad(loss)(params)
             losses.append(l)
@@ -61,13 +63,16 @@ def _reference_run(key, x, y, xt, yt, *, epochs, lr, batch, momentum=0.9, wd=5e-
     return acc, float(np.mean(losses))
 
 
-def test_protocol_matches_python_reference(key):
+@pytest.mark.parametrize("weighted", [False, True])
+def test_protocol_matches_python_reference(key, weighted):
     x, y, xt, yt = _toy_data()
     epochs, lr, batch = 6, 0.05, 8          # 20 images: batches 8, 8, 4 (masked last batch)
+    w = np.random.RandomState(1).uniform(0.2, 3.0, len(y)).astype(np.float32) if weighted else None
     r = train_and_test(key, x, y, xt, yt, make_model=_MLP, num_runs=2, epochs=epochs, lr=lr,
-                       batch_size=batch, test_batch_size=7)
+                       batch_size=batch, test_batch_size=7, train_weights=w)
     for i, run_key in enumerate(sample_keys(key, 2)):
-        acc, last_loss = _reference_run(run_key, x, y, xt, yt, epochs=epochs, lr=lr, batch=batch)
+        acc, last_loss = _reference_run(run_key, x, y, xt, yt, epochs=epochs, lr=lr, batch=batch,
+                                        weights=w)
         assert r.accuracy[i] == pytest.approx(acc, abs=1e-6)
         # masked mean of the last batch vs its plain mean: the batch means are the same numbers
         assert r.train_loss[i] == pytest.approx(last_loss, rel=1e-4)
@@ -103,6 +108,8 @@ def test_bad_inputs(key):
         train_and_test(key, x, y, xt[:, :2], yt, **kw)
     with pytest.raises(ValueError, match="eval_epochs"):
         train_and_test(key, x, y, xt, yt, eval_epochs=(9,), **kw)
+    with pytest.raises(ValueError, match="train_weights"):
+        train_and_test(key, x, y, xt, yt, train_weights=np.zeros(len(y)), **kw)
     with pytest.raises(ValueError, match="empty"):
         train_and_test(key, x[:0], y[:0], xt, yt, **kw)
     assert decay_epoch(300) == 152 and decay_epoch(1000) == 502

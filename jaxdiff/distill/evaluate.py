@@ -88,6 +88,7 @@ def train_and_test(
     eval_epochs: Sequence[int] = (),
     test_batch_size: int = 500,
     progress: bool = False,
+    train_weights: jax.Array | None = None,
 ) -> EvalResult:
     """Train `num_runs` fresh networks on `(train_images, train_labels)`, test each on the test set.
 
@@ -107,6 +108,8 @@ def train_and_test(
         full test pass).
       test_batch_size: test images per forward pass.
       progress: show a tqdm bar over epochs (one host callback per epoch; negligible cost).
+      train_weights: optional `[N]` non-negative per-sample loss weights (coreset weights of
+        CRAIG / GradMatch); each batch's loss is the weighted mean Σ w·CE / Σ w. None = all 1.
 
     Returns:
       EvalResult with final accuracies `[R]`.
@@ -125,6 +128,14 @@ def train_and_test(
         raise ValueError(f"{train_images.shape[0]} train images but {train_labels.shape[0]} labels")
     if train_images.shape[0] == 0:
         raise ValueError("empty training set")
+    if train_weights is None:
+        train_weights = jnp.ones(train_images.shape[0], jnp.float32)
+    train_weights = jnp.asarray(train_weights, jnp.float32)
+    if train_weights.shape != train_labels.shape:
+        raise ValueError(f"train_weights has shape {train_weights.shape}, expected "
+                         f"{train_labels.shape}")
+    if not bool(jnp.all(train_weights >= 0)) or not bool(jnp.any(train_weights > 0)):
+        raise ValueError("train_weights must be non-negative and not all zero")
     total_epochs = epochs + 1
     bad = [e for e in eval_epochs if not 1 <= e <= total_epochs]
     if bad:
@@ -137,7 +148,8 @@ def train_and_test(
     keys = sample_keys(key, num_runs)
     with _progress_bar(total_epochs, f"evaluate ({num_runs} runs)", progress):
         final_acc, acc_per_epoch, last_loss = run(keys, train_images, train_labels, test_images,
-                                                  test_labels, jnp.asarray(lr, jnp.float32))
+                                                  test_labels, jnp.asarray(lr, jnp.float32),
+                                                  train_weights)
         jax.block_until_ready(final_acc)
     acc_per_epoch = np.asarray(acc_per_epoch)
     acc_at = (acc_per_epoch[:, [e - 1 for e in eval_epochs]] if eval_epochs
@@ -209,7 +221,7 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
         _, correct = jax.lax.scan(count, None, (xs, ys))
         return jnp.sum(correct) / n_test
 
-    def one_run(key, train_x, train_y, test_x, test_y, lr):
+    def one_run(key, train_x, train_y, test_x, test_y, lr, train_w):
         init_key, data_key = jax.random.split(key)
         model = make_model(nnx.Rngs(init_key))
         model.train()
@@ -220,7 +232,7 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
             # BatchNorm statistics update in train mode: apply returns the new `rest`.
             logits, (_, new_rest) = apply(graphdef, (params, rest), x)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            return jnp.sum(ce * w) / jnp.sum(w), new_rest
+            return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-12), new_rest
 
         def epoch(carry, e):
             params, rest, opt_state = carry
@@ -240,8 +252,10 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
                 y = train_y[idx[s]]
                 if augment is not None:
                     x = augment(jax.random.fold_in(ekey, s + 1), x)
+                # Masked padding x per-sample weights; an all-zero-weight batch contributes 0.
+                w = wts[s] * train_w[idx[s]]
                 (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                    params, rest, x, y, wts[s])
+                    params, rest, x, y, w)
                 updates, opt_state = tx.update(grads, opt_state, params)
                 params = jax.tree.map(lambda p, u: p - lr_e * u, params, updates)
                 return (params, rest, opt_state), loss
@@ -262,6 +276,6 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
         final = test_accuracy(graphdef, params, rest, test_x, test_y)
         return final, accs, losses[-1]
 
-    fn = jax.jit(jax.vmap(one_run, in_axes=(0, None, None, None, None, None)))
+    fn = jax.jit(jax.vmap(one_run, in_axes=(0, None, None, None, None, None, None)))
     _CACHE[cache_key] = fn
     return fn

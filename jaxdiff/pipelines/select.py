@@ -24,9 +24,9 @@ Stages (lcmat.md §3 Step 0, §6, §9; the evaluation is the CPU-sized protocol 
 3. **Selection** with `jaxdiff.select.methods.select` for each (method, fraction): indices and
    weights saved to `selections/<method>_f<fraction>_s<seed>.{npz,json}`.
 4. **Evaluation** with `jaxdiff.distill.evaluate.train_and_test`: `eval.num_runs` networks
-   vmapped in one program, trained on the *unweighted* subset (CRAIG/GradMatch weights are
-   saved but `train_and_test` has no per-sample loss weights yet), tested on the whole test
-   split, final-epoch accuracy. All methods of one seed use the same evaluation key (paired
+   vmapped in one program, trained on the subset — unweighted by default, or with the
+   methods' weights (CRAIG/GradMatch) as per-sample loss weights when `eval.use_weights` —
+   tested on the whole test split, final-epoch accuracy. All methods of one seed use the same evaluation key (paired
    comparison).
 
 Outputs in `run_dir`: `config.json`, `selections/`, `results.json` (one row per (method,
@@ -379,7 +379,8 @@ def run(config: ml_collections.ConfigDict) -> dict:
                     eval_key, jdata.normalize(train.images[idx], info), train.labels[idx],
                     test_xn, test_y, make_model=make_eval, num_runs=config.eval.num_runs,
                     epochs=config.eval.epochs, lr=config.eval.lr,
-                    batch_size=config.eval.batch_size, augment=augment, progress=False)
+                    batch_size=config.eval.batch_size, augment=augment, progress=False,
+                    train_weights=weights if config.eval.use_weights else None)
                 row.update(accuracy_runs=r.accuracy.tolist(), accuracy_mean=r.mean,
                            accuracy_std=r.std, eval_seconds=time.perf_counter() - t0)
                 acc = f"accuracy {r.summary()}, eval {row['eval_seconds']:.0f} s"
