@@ -194,3 +194,12 @@ def test_lcmat_with_rho_zero_equals_dc_and_differs_otherwise(tmp_path):
     dc, lc0, lc = (np.load(tmp_path / d / "params.npz")["params/images"] for d in ("dc", "lc0", "lc"))
     np.testing.assert_allclose(lc0, dc, rtol=1e-5, atol=1e-6)
     assert not np.allclose(lc, dc, rtol=1e-3, atol=1e-4)
+
+
+def test_tm_one_and_eight_devices_agree(tmp_path, tiny_experts):
+    over = {"param.name": "pixel", "ipc": 4, "iterations": 2}   # 40 instances: split over 8
+    distill.run(_tm(tmp_path / "one", tiny_experts, num_devices=1, **over))
+    distill.run(_tm(tmp_path / "eight", tiny_experts, num_devices=8, **over))
+    a = np.load(tmp_path / "one" / "params.npz")["params/images"]
+    b = np.load(tmp_path / "eight" / "params.npz")["params/images"]
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
