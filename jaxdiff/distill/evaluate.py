@@ -86,7 +86,7 @@ def train_and_test(
     weight_decay: float = 5e-4,
     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     eval_epochs: Sequence[int] = (),
-    test_batch_size: int = 500,
+    test_batch_size: int = 200,
     progress: bool = False,
     train_weights: jax.Array | None = None,
 ) -> EvalResult:
@@ -106,7 +106,8 @@ def train_and_test(
         (e.g. DSA); None for no augmentation.
       eval_epochs: completed-epoch counts after which to also measure test accuracy (each costs a
         full test pass).
-      test_batch_size: test images per forward pass.
+      test_batch_size: test images per forward pass and run (memory: runs x batch x the
+        largest activation, e.g. 5 x 200 x 0.5 MiB for ConvNet-D3 on 32x32 images).
       progress: show a tqdm bar over epochs (one host callback per epoch; negligible cost).
       train_weights: optional `[N]` non-negative per-sample loss weights (coreset weights of
         CRAIG / GradMatch); each batch's loss is the weighted mean Σ w·CE / Σ w. None = all 1.

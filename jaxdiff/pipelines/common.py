@@ -89,6 +89,20 @@ class Timer:
         return time.perf_counter() - self.t0
 
 
+def data_mesh_checked(num_devices: int, **batch_sizes: int):
+    """`(mesh, n)`: a 1-D data mesh over `num_devices` (0 = all) and its size, after checking that
+    every named batch size (config key -> value) splits evenly over it."""
+    from jaxdiff import sharding
+
+    mesh = sharding.data_mesh(num_devices or None)
+    n = mesh.shape[sharding.DATA_AXIS]
+    for key, size in batch_sizes.items():
+        if size % n:
+            raise ValueError(f"config key {key.replace('__', '.')!r} = {size} must be a multiple "
+                             f"of the number of devices ({n})")
+    return mesh, n
+
+
 def describe_devices() -> str:
     d = jax.devices()
     return f"{len(d)} x {d[0].platform} ({d[0].device_kind})"

@@ -147,11 +147,8 @@ def run(config: ml_collections.ConfigDict) -> dict:
     """Train the denoiser described by `config` (see `configs/train_denoiser_digits.py`)."""
     timer = common.Timer()
     validate(config)
-    mesh = shd.data_mesh(config.num_devices or None)
-    ndev = mesh.shape[shd.DATA_AXIS]
-    if config.train.batch_size % ndev:
-        raise ValueError(f"config key 'train.batch_size' = {config.train.batch_size} must be a "
-                         f"multiple of the number of devices ({ndev})")
+    mesh, ndev = common.data_mesh_checked(config.num_devices,
+                                          train__batch_size=config.train.batch_size)
     train = jdata.load(config.data.name, "train", data_dir=config.data.data_dir or None,
                        image_size=config.data.image_size or None)
     info = train.info

@@ -197,13 +197,9 @@ def run(config: ml_collections.ConfigDict) -> dict:
     """Train a discriminator for `config.model_dir` (see configs/train_discriminator_digits.py)."""
     timer = common.Timer()
     validate(config)
-    mesh = shd.data_mesh(config.num_devices or None)
-    ndev = mesh.shape[shd.DATA_AXIS]
-    if config.train.batch_size % ndev:
-        raise ValueError(f"config key 'train.batch_size' = {config.train.batch_size} must be a "
-                         f"multiple of the number of devices ({ndev})")
-    if config.fake.batch_size % ndev:
-        raise ValueError(f"config key 'fake.batch_size' must be a multiple of {ndev}")
+    mesh, ndev = common.data_mesh_checked(config.num_devices,
+                                          train__batch_size=config.train.batch_size,
+                                          fake__batch_size=config.fake.batch_size)
     den_model = io.load_model(config.model_dir)
     dataset = den_model.spec.get("dataset", "digits")
     image_size = int(den_model.spec.get("image_size", den_model.image_shape[0]))
