@@ -2,7 +2,9 @@
 then evaluate against random real images at the same budget and print both.
 
 Command: jaxdiff distill --config quickstart
-Runtime here (2 CPU cores): about 2-3 minutes (see the README).
+Runtime here (2 CPU cores): 171 s wall / 84 s user CPU measured in a fresh clone at load ~6
+(other jobs running), i.e. about 1-1.5 min idle, after a ~30 s install. Result of that run:
+DDiF 90.75 +- 0.69 % vs random real images at the same budget 71.59 +- 0.53 % (5 runs).
 Digits are upsampled to 16x16 (one channel); the ConvNet has depth 2 at 16 px, so its embedding
 has the same 2048 dimensions as ConvNet-D3 at 32 px. At IPC 1 the budget is 256 floats per class;
 a grayscale SIREN with depth 2 and width 6 has 67 parameters, so DDiF stores 3 fields per class.
