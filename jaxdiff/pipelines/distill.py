@@ -339,13 +339,16 @@ def open_experts(buffer_dir: str, info):
     return store
 
 
-def _segment_feeder(store, tm, seed, place):
-    """`step -> (start, target)`: expert e ~ U{experts}, start epoch t ~ U[0, max_start_epoch),
-    drawn from the step index (so a resumed run draws the same segments), read lazily."""
+def _check_segments(store, tm):
     if tm.max_start_epoch + tm.expert_epochs > store.epochs:
         raise ValueError(f"max_start_epoch ({tm.max_start_epoch}) + expert_epochs "
                          f"({tm.expert_epochs}) exceeds the {store.epochs} epochs stored in "
                          f"{store.root}")
+
+
+def _segment_feeder(store, tm, seed, place):
+    """`step -> (start, target)`: expert e ~ U{experts}, start epoch t ~ U[0, max_start_epoch),
+    drawn from the step index (so a resumed run draws the same segments), read lazily."""
     key = jax.random.fold_in(jax.random.key(seed), 0x7E5)
 
     def feed(step):
@@ -366,6 +369,10 @@ def build(config: ml_collections.ConfigDict, train, *, skip_warmup: bool = False
     param = parameterisation_from_config(config, skip_warmup=skip_warmup)
     info = train.info
     report = param.plan(info.image_shape, info.num_classes)   # fails here, before any work
+    experts = None
+    if loss_name == "tm":  # check the expert buffer before any work (e.g. DDiF's warm-up)
+        experts = open_experts(config.loss.tm.buffer_dir, info)
+        _check_segments(experts, config.loss.tm)
     n_pc = report.instances_per_class
     pool = RealPool(train.images, train.labels, info)
 
@@ -383,8 +390,23 @@ def build(config: ml_collections.ConfigDict, train, *, skip_warmup: bool = False
     siamese_aug = _siamese_augment(strategy)
     batch_real = min(config.loss.batch_real, pool.per_class)
     if loss_name == "tm":
-        step = None
-    elif loss_name == "dm":
+        tm = config.loss.tm
+        student = T.flat_student(
+            common.model_factory(ml_collections.ConfigDict(experts.meta["model"]),
+                                 info.image_shape, info.num_classes), k_init)
+        if student.init_flat.size != experts.num_params:
+            raise ValueError(f"the experts in {tm.buffer_dir} have {experts.num_params} "
+                             f"parameters, their model config builds {student.init_flat.size}")
+        lr_opt = T.syn_lr_optimizer(tm.lr_lr)
+        syn_lr = jnp.asarray(tm.lr_teacher, jnp.float32)
+        state["syn_lr"], state["lr_opt"] = syn_lr, lr_opt.init(syn_lr)
+        step = make_tm_step(param, opt, student, common.make_augment(info.name, strategy or "none"),
+                            tm.syn_steps, tm.batch_syn, tm.mode, lr_opt, tm.min_syn_lr or None,
+                            place)
+        return Built(param, static, state, jax.jit(step, donate_argnums=0),
+                     place.replicate((static,)), report, info, make_model,
+                     _segment_feeder(experts, tm, config.seed, place))
+    if loss_name == "dm":
         step = make_dm_step(param, opt, make_model, siamese_aug, batch_real, info.num_classes, n_pc,
                             place)
     else:
@@ -400,26 +422,6 @@ def build(config: ml_collections.ConfigDict, train, *, skip_warmup: bool = False
                             common.make_augment(info.name, strategy or "none"),
                             batch_real, info.num_classes, n_pc, outer, inner, config.loss.dc.metric,
                             config.loss.dc.lr_net, config.loss.dc.batch_train, place, match)
-    experts = None
-    if loss_name == "tm":
-        tm = config.loss.tm
-        experts = open_experts(tm.buffer_dir, info)
-        student = T.flat_student(
-            common.model_factory(ml_collections.ConfigDict(experts.meta["model"]),
-                                 info.image_shape, info.num_classes), k_init)
-        if student.init_flat.size != experts.num_params:
-            raise ValueError(f"the experts in {tm.buffer_dir} have {experts.num_params} "
-                             f"parameters, their model config builds {student.init_flat.size}")
-        lr_opt = T.syn_lr_optimizer(tm.lr_lr)
-        syn_lr = jnp.asarray(tm.lr_teacher, jnp.float32)
-        state["syn_lr"], state["lr_opt"] = syn_lr, lr_opt.init(syn_lr)
-        per_sample = common.make_augment(info.name, strategy or "none")
-        step = make_tm_step(param, opt, student, per_sample, tm.syn_steps, tm.batch_syn, tm.mode,
-                            lr_opt, tm.min_syn_lr or None, place)
-        jitted = jax.jit(step, donate_argnums=0)
-        step_args = place.replicate((static,))
-        return Built(param, static, state, jitted, step_args, report, info, make_model,
-                     _segment_feeder(experts, tm, config.seed, place))
     step_args = place.replicate((static, pool.images, pool.mean, pool.std))
     return Built(param, static, state, jax.jit(step, donate_argnums=0), step_args, report, info,
                  make_model)
