@@ -535,4 +535,5 @@ def _display(images, info):
 
 
 def _ncol(n_pc, num_classes):
-    return min(n_pc, 20) if n_pc > 1 else num_classes
+    """One class per row (up to 50 instances per class), or all classes in one row at IPC 1."""
+    return min(n_pc, 50) if n_pc > 1 else num_classes
