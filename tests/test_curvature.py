@@ -48,7 +48,10 @@ def test_rho_zero_is_gradient_matching(key, perturbation, metric):
         f = lambda s: K.lcmat_loss(apply, params, s, real, key, None, metric, rho=0.0,  # noqa
                                    weight=weight, perturbation=perturbation)
         np.testing.assert_allclose(f(syn), gm, rtol=1e-6)
-        np.testing.assert_allclose(jax.grad(f)(syn), gm_grad, rtol=1e-5, atol=1e-7)
+        # (1 - w) g + w g rounds differently from g in float32 (and differently across XLA
+        # versions): compare at float32 precision relative to the gradient's scale.
+        scale = float(np.max(np.abs(gm_grad)))
+        np.testing.assert_allclose(jax.grad(f)(syn), gm_grad, rtol=1e-5, atol=1e-6 * scale)
     # weight 0.5 and rho 0: the two terms are the same numbers, so the result is bitwise GM
     assert float(K.lcmat_loss(apply, params, syn, real, key, None, metric, rho=0.0)) == float(gm)
     # weight 0 ignores the perturbed point whatever rho is
