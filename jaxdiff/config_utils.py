@@ -76,6 +76,18 @@ def _parse_value(text: str):
         return text  # a bare string such as `cifar10_jpeg`
 
 
+def set_values(config: ml_collections.ConfigDict, **values) -> ml_collections.ConfigDict:
+    """Set already-typed values by dotted key from Python (`set_values(c, **{"a.b": 3})`);
+    returns `config`. The command line goes through `apply_override` instead."""
+    for dotted, value in values.items():
+        node = config
+        *path, leaf = dotted.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    return config
+
+
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
     """Set `config.<dotted> = literal(text)`, keeping the field's type; clear errors otherwise."""
     parts = dotted.split(".")

@@ -11,7 +11,7 @@ import pytest
 
 from jaxdiff import data as jdata
 from jaxdiff import sharding as shd
-from jaxdiff.config_utils import load_config
+from jaxdiff.config_utils import load_config, set_values
 from jaxdiff.diffusion import guidance as GD
 from jaxdiff.diffusion import schedules, solvers
 from jaxdiff.pipelines import denoiser_io as io
@@ -33,13 +33,7 @@ def _cfg(tmp_path, **over):
     c.guidance.reward.target = 1
     c.progress = False
     c.run_dir = str(tmp_path)
-    for k, v in over.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return set_values(c, **over)
 
 
 def _problem(cfg):

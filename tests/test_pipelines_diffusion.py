@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxdiff import cli
 from jaxdiff import data as jdata
-from jaxdiff.config_utils import load_config
+from jaxdiff.config_utils import load_config, set_values
 from jaxdiff.diffusion import gmm as G
 from jaxdiff.diffusion import quality as Q
 from jaxdiff.diffusion import schedules, solvers
@@ -36,13 +36,7 @@ def _train_cfg(run_dir, **over):
     c.sample.every, c.sample.num, c.sample.steps = 2, 8, 2
     c.progress = False
     c.run_dir = str(run_dir)
-    for k, v in over.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return set_values(c, **over)
 
 
 def _sample_cfg(run_dir, **over):
@@ -52,13 +46,7 @@ def _sample_cfg(run_dir, **over):
     c.quality.epochs, c.quality.width, c.quality.feature_dim = 1, 8, 16
     c.progress = False
     c.run_dir = str(run_dir)
-    for k, v in over.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return set_values(c, **over)
 
 
 @pytest.fixture(scope="module")

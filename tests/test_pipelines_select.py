@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import data as jdata
-from jaxdiff.config_utils import load_config
+from jaxdiff.config_utils import load_config, set_values
 from jaxdiff.pipelines import select as S
 from jaxdiff.select import methods as M
 
@@ -34,13 +34,7 @@ def tiny_config(tmp_path, **kw):
     c.eval.num_runs = 1
     c.progress = False
     c.run_dir = str(tmp_path / "run")
-    for k, v in kw.items():
-        node = c
-        *path, leaf = k.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = v
-    return c
+    return set_values(c, **kw)
 
 
 @pytest.fixture(scope="module")
