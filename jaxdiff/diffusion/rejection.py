@@ -51,12 +51,17 @@ Cost accounting (spec §6, §13):
 Slots whose sample id is >= `num_samples` are idle (masked); they cost executed but not
 algorithmic work. Hyperparameters (tables, `max_iter`, sigmas, `max_rounds`) are traced:
 changing them never recompiles. Shapes (`num_samples`, `batch_size`, sample shape, N) are static.
+
+With `sharding`, the slot axis is split over a device mesh (each of n devices runs B / n slots).
+Randomness follows sample ids and every pool-axis reduction is an integer count (or any/cumsum),
+so the results are those of one device.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -329,6 +334,7 @@ def diffrs_sample(
     max_rounds=None,
     offset=0,
     dtype=jnp.float32,
+    sharding: jax.sharding.NamedSharding | None = None,
 ) -> tuple[jax.Array, DiffRSInfo]:
     """Draw `num_samples` DiffRS samples with a pool of `batch_size` slots (jit from outside).
 
@@ -353,6 +359,17 @@ def diffrs_sample(
       offset: global index of output row 0 (traced int): row i is sample `offset + i` and uses
         `fold_in(key, offset + i)`, so consecutive calls with offsets 0, n, 2n, ... equal one
         big call (and `solvers.prior_sample(..., offset=offset)` gives the same first draws).
+      sharding: placement of the pool, for arrays whose leading axis is the slot axis `[B, ...]`
+        (e.g. `sharding.batch_sharding(mesh)`), or None (no constraint). When given, every
+        per-slot array of the loop carries (x `[B, *sample_shape]`; idx, lprev, nfe, sample id,
+        event counter and the pending masks `[B]`) and the inputs of the denoiser and
+        discriminator calls are pinned to it with `with_sharding_constraint`, so each device
+        steps and tests its own B / n slots. The loop carries are otherwise free for the
+        partitioner to lay out (it may replicate them, doing the model work n times over).
+        The output buffer `[num_samples, ...]` and the statistics are left unconstrained:
+        harvest writes rows by sample id, which is not aligned with slots. Results do not
+        depend on it (randomness is per sample id and every pool-axis reduction is an integer
+        count). B must be a multiple of the number of devices the leading axis is split over.
 
     Returns:
       `(samples [num_samples, *sample_shape], DiffRSInfo)`.
@@ -365,6 +382,9 @@ def diffrs_sample(
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if sharding is not None and batch_size % _leading_shards(sharding):
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the mesh size "
+                         f"{_leading_shards(sharding)} (devices the pool is sharded over)")
     _check_final_zero(sigmas)
     log_m = jnp.asarray(tables.log_m, jnp.float32)
     log_mp = jnp.asarray(tables.log_m_prime, jnp.float32)
@@ -412,15 +432,25 @@ def diffrs_sample(
             return None
         return labels[jnp.clip(sid, 0, num_samples - 1)]
 
+    def pin(a):
+        """Constrain pool-axis arrays (a pytree; None passes) to `sharding`."""
+        if sharding is None:
+            return a
+        return jax.tree.map(lambda v: lax.with_sharding_constraint(v, sharding), a)
+
+    def pin_state(st: _State) -> _State:
+        return st._replace(x=pin(st.x), idx=pin(st.idx), lprev=pin(st.lprev), nfe=pin(st.nfe),
+                           sid=pin(st.sid), ctr=pin(st.ctr))
+
     def den(x, sigma, c):
-        out = denoise(x, sigma, c)
+        out = denoise(*pin((x, sigma, c)))
         if jnp.shape(out) != shape or jnp.result_type(out) != jnp.dtype(dtype):
             raise ValueError(f"denoiser returned {jnp.shape(out)} {jnp.result_type(out)} for x "
                              f"{shape} {jnp.dtype(dtype)}")
         return out
 
     def disc(x, sigma, c):
-        out = jnp.asarray(disc_logit(x, sigma, c))
+        out = jnp.asarray(disc_logit(*pin((x, sigma, c))))
         if out.size != B:
             raise ValueError(f"disc_logit must return [B]={B} logits, got shape {out.shape}")
         return out.reshape(B).astype(jnp.float32)
@@ -440,7 +470,7 @@ def diffrs_sample(
             return jnp.any(c[1])
 
         def body(c):
-            st, pending = c
+            st, pending = pin_state(c[0]), pin(c[1])
             cnd = cond_of(st.sid)
             logit = disc(st.x, jnp.broadcast_to(s0, (B,)), cnd)
             logu, eps = event(st.sid, st.ctr)
@@ -459,7 +489,7 @@ def diffrs_sample(
                 stats=stats)
             return st, rej
 
-        st, _ = lax.while_loop(cond, body, (st, pending0))
+        st, _ = lax.while_loop(cond, body, (st, pin(pending0)))
         return st
 
     def step_phase(st: _State) -> _State:
@@ -498,7 +528,7 @@ def diffrs_sample(
             return jnp.any(c[1])
 
         def body(c):
-            st, pending, first = c
+            st, pending, first = pin_state(c[0]), pin(c[1]), pin(c[2])
             i = jnp.clip(st.idx, 0, n)
             s = sigmas[i]
             cnd = cond_of(st.sid)
@@ -528,7 +558,7 @@ def diffrs_sample(
                              ctr=st.ctr + pending.astype(jnp.uint32), stats=stats)
             return st, pending & ~ended, first & ~pending
 
-        st, _, _ = lax.while_loop(cond, body, (st, pending0, pending0))
+        st, _, _ = lax.while_loop(cond, body, (st, pin(pending0), pin(pending0)))
         return st
 
     def budget_phase(st: _State) -> _State:
@@ -582,13 +612,13 @@ def diffrs_sample(
         out_nfe=jnp.zeros((num_samples,), i32),
         stats=_Stats(zn, zn, zn, zn, z, z, zn, z, z, z, z, z),
     )
-    st = prior_phase(st)
+    st = prior_phase(pin_state(st))
 
     def outer_cond(st):
         return (st.done < num_samples) & (st.rounds < max_rounds)
 
     def outer_body(st):
-        st = step_phase(st)
+        st = step_phase(pin_state(st))
         st = cascade_phase(st)
         st = budget_phase(st)
         st = harvest_phase(st)
@@ -604,6 +634,15 @@ def diffrs_sample(
         executed_nfe=s.exe_nfe, disc_algorithmic=s.disc_alg, disc_executed=s.disc_exe,
         rounds=st.rounds, complete=st.done >= num_samples)
     return st.out, info
+
+
+def _leading_shards(sharding: jax.sharding.NamedSharding) -> int:
+    """How many ways `sharding` splits an array's leading axis."""
+    spec = sharding.spec
+    if not spec or spec[0] is None:
+        return 1
+    names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    return math.prod(sharding.mesh.shape[a] for a in names)
 
 
 def _check_final_zero(sigmas):
@@ -629,7 +668,7 @@ def diffrs(
     """Convenience: `diffrs_sample` with tables `rejection_tables(warmup, gamma, clamp_zero)`.
 
     `warmup` is the `[W, N + 1]` output of `warmup_logits`; gamma is traced. Other keyword
-    arguments go to `diffrs_sample`.
+    arguments (`num_samples`, `batch_size`, ..., `sharding`) go to `diffrs_sample`.
     """
     tables = rejection_tables(warmup, gamma, clamp_zero=clamp_zero)
     return diffrs_sample(denoise, disc_logit, sigmas, tables, key, **kwargs)

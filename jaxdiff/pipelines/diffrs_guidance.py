@@ -11,10 +11,10 @@ tables), `max_iter` (0 = unbounded), `clamp_zero`, `warmup_seed`. The warm-up ru
 grid (on the first batch) and is cached on disk in `<disc_dir>/diffrs_cache`.
 
 Each `jaxdiff sample` batch of B samples with global offset o is one `diffrs_sample` call with a
-pool of B slots producing samples o .. o + B - 1 (per-sample keys `fold_in(key, o + i)`, so the
-output does not depend on the batch size). aux: `nfe` (algorithmic per sample, restarts
-included), `nfe_executed` (B x batched denoiser calls / B), `disc_calls`, `accept_rate`
-(transition tests), `restarts`.
+pool of B slots, sharded over the data mesh, producing samples o .. o + B - 1 (per-sample keys
+`fold_in(key, o + i)`, so the output depends neither on the batch size nor on the mesh). aux:
+`nfe` (algorithmic per sample, restarts included), `nfe_executed` (B x batched denoiser calls /
+B), `disc_calls`, `accept_rate` (transition tests), `restarts`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import sharding as shd
 from jaxdiff.diffusion import rejection as R
 
 DEFAULTS = dict(disc_dir="", gamma=0.75, warmup=256, warmup_batch=128, max_iter=0,
@@ -56,10 +57,14 @@ def diffrs_builder(ctx, gcfg):
     max_iter = int(_get(gcfg, "max_iter")) or np.iinfo(np.int32).max
     clamp = bool(_get(gcfg, "clamp_zero"))
     disc = load_discriminator(disc_dir)
-    dstate = disc.state()
+    # Restored arrays are committed to device 0; jit refuses them beside the mesh-replicated
+    # model state.
+    dstate = shd.replicate(disc.state(), ctx.mesh)
     src, b, shape = ctx.source, ctx.batch_size, tuple(ctx.source.sample_shape)
     label_fn = ctx.label_fn
     k_warm = jax.random.key(int(_get(gcfg, "warmup_seed")))
+    # The pool is the batch (B slots, B a multiple of the mesh size): each device runs B / n.
+    bsh = shd.batch_sharding(ctx.mesh)
 
     @jax.jit
     def warm(state, dstate, sigmas):
@@ -73,7 +78,8 @@ def diffrs_builder(ctx, gcfg):
         labels = None if label_fn is None else label_fn(idx)
         x, info = R.diffrs(src.make_denoise(state), disc.make_logit(dstate), sigmas, logits,
                            gamma, key, num_samples=b, batch_size=b, sample_shape=shape,
-                           labels=labels, max_iter=max_iter, offset=offset, clamp_zero=clamp)
+                           labels=labels, max_iter=max_iter, offset=offset, clamp_zero=clamp,
+                           sharding=bsh)
         acc = jnp.sum(info.transition_accepts) / jnp.maximum(jnp.sum(info.transition_tests), 1)
         return x, {"nfe": info.algorithmic_nfe / b, "nfe_executed": info.executed_nfe / b,
                    "disc_calls": info.disc_algorithmic / b, "accept_rate": acc,
