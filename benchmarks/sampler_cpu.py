@@ -16,7 +16,9 @@ Measured:
      (a Python for-loop that calls a jitted denoiser per evaluation and does the Heun update
      with eager jax.numpy ops, as EDM's PyTorch loop does) against `solvers.sample` jitted as one
      `lax.scan`; both give the same samples (checked). Timed side by side, interleaved.
-  3. the same comparison for the MLP denoiser on 2-D data (batch 64 and 1,024), the regime of the
+  3. the same comparison with the 8x8 U-Net of the digits preset (`train_denoiser_digits`
+     geometry: the same architecture on 8x8 images, ~4x cheaper per image), batch 1, 16 and 64;
+  4. the same comparison for the MLP denoiser on 2-D data (batch 64 and 1,024), the regime of the
      analytic and toy experiments, where per-step overhead dominates.
 
 Prints JSON lines (benchmarks/common.py); results are recorded in
@@ -52,9 +54,10 @@ SOLVERS = {
 }
 
 
-def build_unet(key):
+def build_unet(key, resolution=16):
     # 'rbg' keys: the random initialisers compile ~2.5x faster on CPU than threefry.
-    net = unet_for_resolution(16, 1, base_channels=32, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    net = unet_for_resolution(resolution, 1, base_channels=32,
+                              rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
     # perturb so the zero-initialised output layers are not exact zeros (timing is unaffected,
@@ -207,7 +210,10 @@ def scan_vs_loop(graphdef, params, rest, shape, batches, repeats, key, label):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="batch 16 only, fewer repeats")
+    ap.add_argument("--only", default="", help="comma-separated sections: sweep, unet16, unet8, "
+                    "mlp2d (default all)")
     args = ap.parse_args()
+    only = set(filter(None, args.only.split(","))) or {"sweep", "unet16", "unet8", "mlp2d"}
     key = jax.random.key(0)
     env = environment()
     emit({"bench": "env", "note": "load average at start"}, env=env)
@@ -216,12 +222,19 @@ def main():
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     emit({"bench": "model", "unet_params": n_params})
     repeats = 3 if args.quick else 7
-    solver_sweep(graphdef, params, rest, 16, (10, 18), repeats, key)
-    scan_vs_loop(graphdef, params, rest, (16, 16, 1), (1, 16), repeats, key, "unet16")
-    if not args.quick:
-        scan_vs_loop(graphdef, params, rest, (16, 16, 1), (256,), 3, key, "unet16")
-    mg, mp, mr = build_mlp(key)
-    scan_vs_loop(mg, mp, mr, (2,), (64, 1024), repeats, key, "mlp2d")
+    if "sweep" in only:
+        solver_sweep(graphdef, params, rest, 16, (10, 18), repeats, key)
+    if "unet16" in only:
+        scan_vs_loop(graphdef, params, rest, (16, 16, 1), (1, 16), repeats, key, "unet16")
+        if not args.quick:
+            scan_vs_loop(graphdef, params, rest, (16, 16, 1), (256,), 3, key, "unet16")
+    if "unet8" in only:
+        g8, p8, r8 = build_unet(key, resolution=8)
+        scan_vs_loop(g8, p8, r8, (8, 8, 1), (1, 16) if args.quick else (1, 16, 64), repeats, key,
+                     "unet8")
+    if "mlp2d" in only:
+        mg, mp, mr = build_mlp(key)
+        scan_vs_loop(mg, mp, mr, (2,), (64, 1024), repeats, key, "mlp2d")
     emit({"bench": "env", "note": "load average at end"})
 
 
