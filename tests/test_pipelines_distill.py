@@ -115,6 +115,14 @@ def test_spec_defaults_and_group_learning_rates(tmp_path):
     cfg = build_config("distill_cifar10", [("param.name", "ddif"), ("ipc", "10")])
     resolve_auto(cfg)
     assert (cfg.opt.name, cfg.opt.lr, cfg.param.ddif.depth, cfg.param.ddif.width) == ("adam", 5e-5, 2, 6)
+    # TM tables: FreD's hyper_params (fred.md §6) for pixel/FreD, DDiF's own (ddif.md §6).
+    tm_of = lambda c: (c.loss.tm.syn_steps, c.loss.tm.max_start_epoch, c.loss.tm.lr_lr)  # noqa: E731
+    cfg = build_config("distill_cifar10", [("param.name", "fred"), ("loss.name", "tm")])
+    resolve_auto(cfg)
+    assert tm_of(cfg) == (50, 5, 1e-7)
+    cfg = build_config("distill_cifar10", [("param.name", "ddif"), ("loss.name", "tm")])
+    resolve_auto(cfg)
+    assert tm_of(cfg) == (60, 10, 1e-5) and cfg.loss.tm.lr_teacher == 1e-2
     cfg = build_config("distill_cifar10", [("param.name", "fred"), ("param.fred.dct_norm", "ortho")])
     with pytest.raises(ValueError, match="ortho"):
         resolve_auto(cfg)

@@ -36,7 +36,7 @@ OPTIMIZER_DEFAULTS = {
 }
 
 # TM per (dataset family, ipc): (syn_steps, expert_epochs, max_start_epoch, lr_lr, lr_teacher),
-# FreD's TM/hyper_params.py (fred.md §6), which DDiF reuses.
+# FreD's TM/hyper_params.py (fred.md §6), used for pixel and FreD.
 TM_DEFAULTS = {
     ("cifar10", 1): (50, 2, 5, 1e-7, 1e-2),
     ("cifar10", 10): (40, 2, 15, 1e-5, 1e-2),
@@ -44,6 +44,16 @@ TM_DEFAULTS = {
     ("cifar100", 1): (50, 2, 15, 1e-5, 1e-2),
     ("cifar100", 10): (20, 2, 40, 1e-5, 1e-2),
     ("cifar100", 50): (80, 2, 40, 1e-5, 1e-2),
+}
+
+# DDiF's own TM/hyper_params.py (ddif.md §6): syn_steps 60 everywhere, lr_lr 1e-5.
+DDIF_TM_DEFAULTS = {
+    ("cifar10", 1): (60, 2, 10, 1e-5, 1e-2),
+    ("cifar10", 10): (60, 2, 10, 1e-5, 1e-2),
+    ("cifar10", 50): (60, 2, 40, 1e-5, 1e-2),
+    ("cifar100", 1): (60, 2, 40, 1e-5, 1e-2),
+    ("cifar100", 10): (60, 2, 40, 1e-5, 1e-2),
+    ("cifar100", 50): (60, 2, 40, 1e-5, 1e-2),
 }
 
 # jaxdiff dataset name -> the key of the reference presets
@@ -73,10 +83,11 @@ def resolve_auto(config) -> list[str]:
     if loss == "tm" and (not config.loss.tm.syn_steps or not config.loss.tm.max_start_epoch
                          or not config.loss.tm.lr_lr):
         family = _DATASET_FAMILY.get(config.data.name)
-        if (family, config.ipc) not in TM_DEFAULTS:
+        table = DDIF_TM_DEFAULTS if param == "ddif" else TM_DEFAULTS
+        if (family, config.ipc) not in table:
             raise ValueError(f"no TM defaults for {config.data.name!r} IPC {config.ipc}; set "
                              "loss.tm.syn_steps, loss.tm.max_start_epoch and loss.tm.lr_lr")
-        steps, epochs, max_start, lr_lr, lr_teacher = TM_DEFAULTS[(family, config.ipc)]
+        steps, epochs, max_start, lr_lr, lr_teacher = table[(family, config.ipc)]
         tm = config.loss.tm
         if not tm.syn_steps:
             tm.syn_steps, tm.expert_epochs = steps, epochs
