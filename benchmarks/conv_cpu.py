@@ -30,6 +30,7 @@ Usage::
                                                   # the XLA path's unrolled step (~100 s/call)
     python -m benchmarks.conv_cpu --quick         # batch 64, few repeats: ~1 min
     python -m benchmarks.conv_cpu --only train_step --repeats 15
+    python -m benchmarks.conv_cpu --only train_step --impls xla,matmul,free_dw   # + the bound
 
 On glibc, XLA:CPU's per-call buffers above 32 MiB are fresh mmaps, so every call page-faults
 its whole temporary memory (about 2.4 us per 4 KiB page on the dev VM, i.e. ~0.4 ms/MB). Both
@@ -62,6 +63,7 @@ from benchmarks.common import (
     time_interleaved,
 )
 from jaxdiff.ops import avg_pool2, conv2d, conv_impl, instance_norm
+from jaxdiff.ops import conv as _conv_module
 
 from jaxdiff.runtime import REUSE_HEAP_TUNABLES  # noqa: E402
 
@@ -92,12 +94,51 @@ def init_convnet(key, in_channels=3, num_classes=10, image_size=32, depth=3, wid
     return params
 
 
+# --------------------------------------------------------------------------------------------
+# The "free_dw" oracle: a bound, not an implementation
+# --------------------------------------------------------------------------------------------
+
+# Any implementation that keeps XLA's forward and input-gradient convolutions (the fastest
+# measured for those, at 80-90 % of SGEMM) can at most remove the weight-gradient time. The
+# oracle below is that limit: XLA's forward, the canonical XLA input gradient, and a weight
+# gradient that costs nothing (zeros). Its train step is the floor every such implementation
+# shares, so xla_time / free_dw_time bounds the speed-up over the XLA path. Benchmark only:
+# its gradients are wrong by construction.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_free_dw(x, w, geom):
+    return _conv_module._xla_conv(x, w, geom)
+
+
+def _conv_free_dw_fwd(x, w, geom):
+    return _conv_module._xla_conv(x, w, geom), (x, w)
+
+
+def _conv_free_dw_bwd(geom, res, g):
+    x, w = res
+    return _conv_module._xla_conv_dx(g, w, geom), jnp.zeros_like(w)
+
+
+_conv_free_dw.defvjp(_conv_free_dw_fwd, _conv_free_dw_bwd)
+
+# Set by `build` while tracing the oracle (the library's `conv_impl` knows no such impl).
+_ORACLE = {"free_dw": False}
+
+
+def _conv(x, w, *, padding):
+    if _ORACLE["free_dw"]:
+        geom = _conv_module._make_geom(x.shape, w.shape, 1, padding)
+        return _conv_free_dw(x, w, geom)
+    return conv2d(x, w, padding=padding)
+
+
 def embed(params, x):
     """`[N, 32, 32, 3] -> [N, 2048]` features (conv 3x3 pad 1 + bias, IN, ReLU, avgpool) x3."""
     depth = sum(1 for k in params if k.startswith("conv"))
     for layer in range(depth):
         p = params[f"conv{layer}"]
-        x = conv2d(x, p["w"], padding=1) + p["b"]
+        x = _conv(x, p["w"], padding=1) + p["b"]
         x = instance_norm(x, p["scale"], p["bias"])
         x = avg_pool2(jax.nn.relu(x))
     return x.reshape(x.shape[0], -1)
@@ -172,7 +213,9 @@ def convnet_flops(batch, image_size=32, in_channels=3, width=128, depth=3, class
 
 def build(workload, impl, args, data):
     """Trace and AOT-compile one workload with one conv implementation. Returns (compiled, args)."""
-    with conv_impl(impl):
+    oracle = impl == "free_dw"
+    _ORACLE["free_dw"] = oracle
+    with conv_impl("xla" if oracle else impl):
         if workload == "train_step":
             fn = sgd_step
             call_args = (data["params"], data["x"], data["y"])
@@ -196,6 +239,7 @@ def build(workload, impl, args, data):
         # A fresh function object per implementation: jit's trace cache is keyed on the
         # function, and the conv implementation is only read while tracing.
         compiled, compile_s = compile_aot(lambda *a: fn(*a), *call_args)
+    _ORACLE["free_dw"] = False
     return compiled, call_args, compile_s
 
 
@@ -229,7 +273,10 @@ def main(argv=None):
                              "XLA's path needs ~100 s per call already at 20")
     parser.add_argument("--scan-steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--impls", default="xla,matmul,auto")
+    parser.add_argument(
+        "--impls", default="xla,matmul,auto",
+        help="comma-separated; also free_dw: the bound with a zero-cost weight gradient "
+             "(XLA forward and input gradient; wrong gradients, timing only)")
     parser.add_argument(
         "--only", default="train_step,dm_embed,dm_grad,tm_step",
         help="comma-separated workloads; also train_scan (slow for xla: minutes)",
