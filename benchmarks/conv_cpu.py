@@ -42,6 +42,7 @@ are reused without faults, to show the cost. Page faults per call are recorded e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -112,18 +113,33 @@ def _conv_free_dw(x, w, geom):
 
 
 def _conv_free_dw_fwd(x, w, geom):
+    # x stays a residual although the zero weight gradient ignores it: every real weight
+    # gradient reads it, so the floor should keep it alive too.
     return _conv_module._xla_conv(x, w, geom), (x, w)
 
 
 def _conv_free_dw_bwd(geom, res, g):
-    x, w = res
+    _, w = res
     return _conv_module._xla_conv_dx(g, w, geom), jnp.zeros_like(w)
 
 
 _conv_free_dw.defvjp(_conv_free_dw_fwd, _conv_free_dw_bwd)
 
-# Set by `build` while tracing the oracle (the library's `conv_impl` knows no such impl).
+# Set by `conv_variant` while tracing the oracle (the library's `conv_impl` has no such impl).
 _ORACLE = {"free_dw": False}
+
+
+@contextlib.contextmanager
+def conv_variant(impl: str):
+    """Trace `embed` and the steps with conv implementation `impl` ("xla", "matmul", "auto",
+    or the "free_dw" oracle) inside this context."""
+    oracle = impl == "free_dw"
+    _ORACLE["free_dw"] = oracle
+    try:
+        with conv_impl("xla" if oracle else impl):
+            yield
+    finally:
+        _ORACLE["free_dw"] = False
 
 
 def _conv(x, w, *, padding):
@@ -213,9 +229,7 @@ def convnet_flops(batch, image_size=32, in_channels=3, width=128, depth=3, class
 
 def build(workload, impl, args, data):
     """Trace and AOT-compile one workload with one conv implementation. Returns (compiled, args)."""
-    oracle = impl == "free_dw"
-    _ORACLE["free_dw"] = oracle
-    with conv_impl("xla" if oracle else impl):
+    with conv_variant(impl):
         if workload == "train_step":
             fn = sgd_step
             call_args = (data["params"], data["x"], data["y"])
@@ -239,7 +253,6 @@ def build(workload, impl, args, data):
         # A fresh function object per implementation: jit's trace cache is keyed on the
         # function, and the conv implementation is only read while tracing.
         compiled, compile_s = compile_aot(lambda *a: fn(*a), *call_args)
-    _ORACLE["free_dw"] = False
     return compiled, call_args, compile_s
 
 

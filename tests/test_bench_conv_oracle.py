@@ -7,18 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import conv_cpu
-from jaxdiff.ops import conv_impl
 
 
 def _grads(impl, params, x, y):
-    oracle = impl == "free_dw"
-    conv_cpu._ORACLE["free_dw"] = oracle
-    try:
-        with conv_impl("xla" if oracle else impl):
-            fn = jax.jit(jax.value_and_grad(conv_cpu.xent, argnums=(0, 1)))
-            return fn(params, x, y)
-    finally:
-        conv_cpu._ORACLE["free_dw"] = False
+    with conv_cpu.conv_variant(impl):
+        fn = jax.jit(jax.value_and_grad(conv_cpu.xent, argnums=(0, 1)))
+        return fn(params, x, y)
 
 
 def test_free_dw_oracle_drops_only_the_kernel_gradients(key):
