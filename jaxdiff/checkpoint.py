@@ -12,13 +12,13 @@ write has finished, so a crash mid-save never destroys the last good checkpoint.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+from jaxdiff.files import fingerprint
 
 
 # Top-level keys that control how a run is driven, not what it computes: a resume may change
@@ -35,8 +35,7 @@ def config_fingerprint(config: Any, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) 
         config = config.to_dict()
     if isinstance(config, dict):
         config = {k: v for k, v in config.items() if k not in ignore}
-    blob = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint(config)
 
 
 class ConfigMismatchError(ValueError):

@@ -1,31 +1,84 @@
-"""`jaxdiff <command>`: the single entry point. Parses configs and calls pipelines.
+"""`jaxdiff <command>`: the single entry point. Parses configs, resolves them, calls pipelines.
 
 Every command that runs a job takes `--config NAME_OR_PATH` (a preset in `configs/` or a
-Python file with `get_config()`) and overrides `--config.a.b=value`, and dispatches to
-`jaxdiff.pipelines.<module>.run(config)`. Adding a command is one line in `COMMANDS`.
+Python file with `get_config()`) and overrides `--config.a.b=value`. Its path through the code
+is the same for all of them and reads top to bottom in two files:
+
+    config = build_config(...)                       # jaxdiff/config_utils.py
+    spec = jaxdiff.specs.<command>.resolve(config)   # every default filled, every value checked
+    jaxdiff.pipelines.<command>.run(spec)            # data -> steps -> loop -> outputs
+
+`COMMANDS` is the dispatch table; each entry's loader imports its two modules (lazily, so
+`jaxdiff --help` does not import jax).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from typing import Callable, NamedTuple
 
-# command -> (default preset, pipeline module, help)
+
+class Command(NamedTuple):
+    """A `jaxdiff` command: its default preset, its `(resolve, run)` loader and its help."""
+
+    preset: str
+    load: Callable[[], tuple[Callable | None, Callable]]
+    help: str
+
+
+def _distill():
+    from jaxdiff.pipelines import distill
+    return None, distill.run
+
+
+def _evaluate():
+    from jaxdiff.pipelines import evaluate
+    return None, evaluate.run
+
+
+def _experts():
+    from jaxdiff.pipelines import experts
+    return None, experts.run
+
+
+def _select():
+    from jaxdiff.pipelines import select
+    return None, select.run
+
+
+def _train_denoiser():
+    from jaxdiff.pipelines import train_denoiser
+    return None, train_denoiser.run
+
+
+def _sample():
+    from jaxdiff.pipelines import sample
+    return None, sample.run
+
+
+def _train_discriminator():
+    from jaxdiff.pipelines import train_discriminator
+    return None, train_discriminator.run
+
+
 COMMANDS = {
-    "evaluate": ("evaluate_digits", "evaluate",
-                 "train fresh networks on a real subset / full data / a saved synthetic set and "
-                 "test on the real test split"),
-    "experts": ("experts_digits", "experts",
-                "train expert trajectories (parameter snapshots per epoch) for trajectory matching"),
-    "distill": ("quickstart", "distill",
-                "distil a dataset (pixel / FreD / DDiF with DM, DC or TM) and evaluate it"),
-    "train-denoiser": ("train_denoiser_digits", "train_denoiser",
-                       "train an EDM denoiser (U-Net/MLP) with EMA; writes sample grids and a model"),
-    "sample": ("sample_digits", "sample",
-               "sample a trained denoiser (or an analytic GMM) with a chosen solver; NFE, quality"),
-    "select": ("select_digits", "select", "select class-balanced subsets (LCMat-S and baselines) and evaluate them"),
-    "train-discriminator": ("train_discriminator_digits", "train_discriminator", "train the DiffRS/DG time-dependent discriminator for a trained denoiser; DiffRS demo"),
+    "evaluate": Command("evaluate_digits", _evaluate,
+                        "train fresh networks on a real subset / full data / a saved synthetic "
+                        "set and test on the real test split"),
+    "experts": Command("experts_digits", _experts, "train expert trajectories (parameter "
+                       "snapshots per epoch) for trajectory matching"),
+    "distill": Command("quickstart", _distill,
+                       "distil a dataset (pixel / FreD / DDiF with DM, DC or TM) and evaluate it"),
+    "train-denoiser": Command("train_denoiser_digits", _train_denoiser, "train an EDM denoiser "
+                              "(U-Net/MLP) with EMA; writes sample grids and a model"),
+    "sample": Command("sample_digits", _sample, "sample a trained denoiser (or an analytic GMM) "
+                      "with a chosen solver and guidance; NFE, quality"),
+    "select": Command("select_digits", _select, "select class-balanced subsets (LCMat-S and "
+                      "baselines) and evaluate them"),
+    "train-discriminator": Command("train_discriminator_digits", _train_discriminator,
+                                   "train the DiffRS/DG time-dependent discriminator for a "
+                                   "trained denoiser"),
 }
 SHOW_HELP = "write PNG grids of the image sets in a run directory"
 
@@ -73,11 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"jaxdiff {args.command}: {e.args[0] if e.args else e}\n")
     if "resume" in config:
         config.resume = bool(args.resume or config.resume)
-    if args.print_config:
-        print(config)
+    resolve, run = COMMANDS[args.command].load()
+    if resolve is None:      # a command not yet on specs: its pipeline reads the config
+        if args.print_config:
+            print(config)
+            return 0
+        run(config)
         return 0
-    module = importlib.import_module(f"jaxdiff.pipelines.{COMMANDS[args.command][1]}")
-    module.run(config)
+    from jaxdiff.specs.base import SpecError, print_resolved
+
+    try:
+        spec = resolve(config)
+    except SpecError as e:
+        parser.exit(2, f"jaxdiff {args.command}: {e}\n")
+    if args.print_config:
+        print_resolved(spec.resolution)
+        import json
+        print(json.dumps(spec.resolution.config, indent=2, default=str))
+        return 0
+    run(spec)
     return 0
 
 

@@ -74,26 +74,26 @@ def _toy_init():
 
 def test_resume_equals_uninterrupted_run(tmp_path):
     cfg = {"lr": 0.1}
-    full, hist_full = run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "a"), config=cfg,
+    full, hist_full = run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "a"), fingerprint=config_fingerprint(cfg),
                                checkpoint_every=5, log_every=5, progress=False)
     # Interrupted after 10 steps (a run of 10), then resumed to 20.
-    run_loop(_toy_step_jit, _toy_init(), 10, run_dir=str(tmp_path / "b"), config=cfg,
+    run_loop(_toy_step_jit, _toy_init(), 10, run_dir=str(tmp_path / "b"), fingerprint=config_fingerprint(cfg),
              checkpoint_every=5, log_every=5, progress=False)
-    resumed, hist = run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "b"), config=cfg,
+    resumed, hist = run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "b"), fingerprint=config_fingerprint(cfg),
                              checkpoint_every=5, log_every=5, resume=True, progress=False)
     np.testing.assert_array_equal(np.asarray(full["w"]), np.asarray(resumed["w"]))
     assert [r["step"] for r in hist] == [5, 10, 15, 20]
     assert hist[-1]["loss"] == hist_full[-1]["loss"]
     # Starting again without --resume must not silently overwrite the run.
     with pytest.raises(FileExistsError, match="--resume"):
-        run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "b"), config=cfg, progress=False)
+        run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "b"), fingerprint=config_fingerprint(cfg), progress=False)
 
 
 def test_resume_refuses_other_config(tmp_path):
-    run_loop(_toy_step_jit, _toy_init(), 5, run_dir=str(tmp_path), config={"lr": 0.1},
+    run_loop(_toy_step_jit, _toy_init(), 5, run_dir=str(tmp_path), fingerprint=config_fingerprint({"lr": 0.1}),
              checkpoint_every=5, progress=False)
     with pytest.raises(ConfigMismatchError, match="fingerprint"):
-        run_loop(_toy_step_jit, _toy_init(), 10, run_dir=str(tmp_path), config={"lr": 0.2},
+        run_loop(_toy_step_jit, _toy_init(), 10, run_dir=str(tmp_path), fingerprint=config_fingerprint({"lr": 0.2}),
                  resume=True, progress=False)
 
 
@@ -103,7 +103,7 @@ def test_nan_stops_loop_and_keeps_last_good_checkpoint(tmp_path):
         return {"w": w, "key": state["key"]}, {"loss": jnp.sum(w)}
 
     with pytest.raises(FloatingPointError, match="step 7"):
-        run_loop(jax.jit(step), _toy_init(), 20, run_dir=str(tmp_path), config={}, checkpoint_every=5,
+        run_loop(jax.jit(step), _toy_init(), 20, run_dir=str(tmp_path), fingerprint=config_fingerprint({}), checkpoint_every=5,
                  log_every=1, progress=False)
     ck = Checkpointer(tmp_path / "checkpoints", fingerprint=config_fingerprint({}))
     step_, state, meta = ck.restore(_toy_init())

@@ -16,8 +16,6 @@ unreadable entry is treated as a miss, removed and rewritten.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -25,6 +23,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+
+from jaxdiff.files import fingerprint
 
 # Bump when the cached content for the same key changes meaning (decode, resize, split rules).
 CACHE_FORMAT = 1
@@ -37,8 +37,7 @@ def cache_dir() -> Path:
 
 def cache_path(name: str, split: str, key: dict) -> Path:
     """Entry directory for `key` (a JSON-serialisable dict describing the content)."""
-    blob = json.dumps({"format": CACHE_FORMAT, **key}, sort_keys=True, default=str)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    digest = fingerprint({"format": CACHE_FORMAT, **key})
     return cache_dir() / name / f"{split}-{digest}"
 
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from jaxdiff.diffusion.schedules import _bcast, alpha_from_sigma
+from jaxdiff.diffusion.schedules import broadcast_like, alpha_from_sigma
 
 
 class Denoiser(Protocol):
@@ -79,9 +79,9 @@ def edm_denoiser(net: Callable, sigma_data=0.5) -> Denoiser:
     def denoise(x, sigma, cond=None):
         sigma = _sigma_vector(sigma, x)
         c = edm_scalings(sigma, sigma_data)
-        f = net(x * _bcast(c.c_in, x), c.c_noise, cond)
+        f = net(x * broadcast_like(c.c_in, x), c.c_noise, cond)
         _check_output(f, x, "network")
-        return (_bcast(c.c_skip, x) * x + _bcast(c.c_out, x) * f).astype(x.dtype)
+        return (broadcast_like(c.c_skip, x) * x + broadcast_like(c.c_out, x) * f).astype(x.dtype)
 
     return denoise
 
@@ -89,7 +89,7 @@ def edm_denoiser(net: Callable, sigma_data=0.5) -> Denoiser:
 def edm_target(x0, x, sigma, sigma_data=0.5):
     """The raw-network regression target `F* = (x0 - c_skip x) / c_out` (unit variance)."""
     c = edm_scalings(_sigma_vector(sigma, x), sigma_data)
-    return (x0 - _bcast(c.c_skip, x) * x) / _bcast(c.c_out, x)
+    return (x0 - broadcast_like(c.c_skip, x) * x) / broadcast_like(c.c_out, x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,8 +135,8 @@ def from_prediction(
 
     def denoise(x, sigma, cond=None):
         sigma = _sigma_vector(sigma, x)
-        sig = _bcast(sigma, x)
-        alpha = _bcast(alpha_from_sigma(sigma), x)
+        sig = broadcast_like(sigma, x)
+        alpha = broadcast_like(alpha_from_sigma(sigma), x)
         x_model = x * alpha if input_scaling == "vp" else x
         out = model(x_model, noise_input(sigma), cond)
         _check_output(out, x, "model")
@@ -171,7 +171,7 @@ def to_epsilon(denoise: Denoiser) -> Callable:
 
     def eps(x, sigma, cond=None):
         sigma = _sigma_vector(sigma, x)
-        return (x - denoise(x, sigma, cond)) / _bcast(sigma, x)
+        return (x - denoise(x, sigma, cond)) / broadcast_like(sigma, x)
 
     return eps
 
@@ -181,7 +181,7 @@ def to_score(denoise: Denoiser) -> Callable:
 
     def score(x, sigma, cond=None):
         sigma = _sigma_vector(sigma, x)
-        return (denoise(x, sigma, cond) - x) / _bcast(jnp.square(sigma), x)
+        return (denoise(x, sigma, cond) - x) / broadcast_like(jnp.square(sigma), x)
 
     return score
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxdiff.diffusion.schedules import _bcast, alpha_from_sigma, vp_linear_t
+from jaxdiff.diffusion.schedules import broadcast_like, alpha_from_sigma, vp_linear_t
 from jaxdiff.models.discriminator import head_filter
 
 # --------------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def perturb_vp(x0, tau, noise, *, beta_min=0.1, beta_max=20.0):
     log_a = -0.25 * jnp.square(tau) * (beta_max - beta_min) - 0.5 * tau * beta_min
     a = jnp.exp(log_a)
     s = jnp.sqrt(-jnp.expm1(2.0 * log_a))
-    return (_bcast(a, x0) * x0 + _bcast(s, x0) * noise).astype(x0.dtype)
+    return (broadcast_like(a, x0) * x0 + broadcast_like(s, x0) * noise).astype(x0.dtype)
 
 
 def ve_logit(vp_logit: Callable, *, beta_min=0.1, beta_max=20.0) -> Callable:
@@ -75,7 +75,7 @@ def ve_logit(vp_logit: Callable, *, beta_min=0.1, beta_max=20.0) -> Callable:
 
     def disc_logit(x, sigma, cond=None):
         sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
-        x_vp = x * _bcast(alpha_from_sigma(sigma), x).astype(x.dtype)
+        x_vp = x * broadcast_like(alpha_from_sigma(sigma), x).astype(x.dtype)
         tau = vp_linear_t(sigma, beta_min, beta_max)
         return jnp.asarray(vp_logit(x_vp, tau, cond), jnp.float32).reshape(x.shape[0])
 

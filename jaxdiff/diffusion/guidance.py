@@ -53,7 +53,7 @@ from jaxdiff.diffusion.lookahead import (
     lookahead_phase,
     select_lookahead,
 )
-from jaxdiff.diffusion.schedules import _bcast
+from jaxdiff.diffusion.schedules import broadcast_like
 from jaxdiff.random import sample_keys, step_key
 
 _RESAMPLE_STREAM = 0x7FFFFFF0  # fold_in tag of FK steering's resampling keys (not a sample index)
@@ -124,7 +124,7 @@ def lidar_denoiser(denoise: Callable, look: LookaheadSet, lam, scale=1.0,
         safe = jnp.where(sigma > 0, sigma, 1.0)
         shift = efr_shift(x, safe, look, lam)
         coef = jnp.where(active, jnp.asarray(scale, jnp.float32), 0.0).astype(x.dtype)
-        return d0 + _bcast(coef, shift) * shift
+        return d0 + broadcast_like(coef, shift) * shift
 
     return den
 
@@ -144,7 +144,7 @@ def tweedie_grad_denoiser(denoise: Callable, reward_fn: Callable, lam, scale=1.0
         (gx,) = den_vjp(gd.astype(d0.dtype))
         active = _active(sigma, window)
         coef = jnp.where(active, jnp.asarray(scale * lam, jnp.float32) * jnp.square(sigma), 0.0)
-        return d0 + _bcast(coef.astype(x.dtype), gx) * gx
+        return d0 + broadcast_like(coef.astype(x.dtype), gx) * gx
 
     return den
 
@@ -198,8 +198,8 @@ def lidar_sample(
     return x, GuidanceAux(Cost.of(denoiser_fwd=n * aux.nfe), look.cost, aux.nfe)
 
 
-_LOOKAHEAD_STREAM = 0x7FFFFFF2  # fold_in tag of the lookahead phase's key in `lidar`
-_SUBSET_STREAM = 0x7FFFFFF3
+LOOKAHEAD_STREAM = 0x7FFFFFF2  # fold_in tag of the lookahead phase's key in `lidar`
+SUBSET_STREAM = 0x7FFFFFF3
 
 
 def lidar(
@@ -231,11 +231,11 @@ def lidar(
     Returns `(x0, aux)` with `aux.lookahead_cost` the cost of the whole lookahead phase.
     """
     check_lam(lam)
-    look = lookahead_phase(jax.random.fold_in(key, _LOOKAHEAD_STREAM), denoise, reward_fn,
+    look = lookahead_phase(jax.random.fold_in(key, LOOKAHEAD_STREAM), denoise, reward_fn,
                              (int(num_lookahead),) + tuple(x_T.shape[1:]), steps=lookahead_steps,
                              solver=lookahead_solver, cond=lookahead_cond, dtype=x_T.dtype)
     if subset is not None:
-        look = select_lookahead(look, subset, key=jax.random.fold_in(key, _SUBSET_STREAM),
+        look = select_lookahead(look, subset, key=jax.random.fold_in(key, SUBSET_STREAM),
                                   mode=subset_mode)
     return lidar_sample(key, denoise, look, x_T, sigmas, lam=lam, scale=scale, window=window,
                         solver=solver, cond=cond, offset=offset)
@@ -256,7 +256,7 @@ def gradient_guidance_sample(
     return x, GuidanceAux(Cost.of(c, c, c, c), Cost.zeros(), aux.nfe)
 
 
-def _groups(n, group_size, name):
+def group_norm_groups(n, group_size, name):
     k = int(group_size)
     if k < 1 or n % k:
         raise ValueError(f"{name}={group_size} must be >= 1 and divide the batch N={n}")
@@ -279,7 +279,7 @@ def best_of_n(
     calls.
     """
     n = x_T.shape[0]
-    g, k = _groups(n, group_size, "group_size")
+    g, k = group_norm_groups(n, group_size, "group_size")
     x, aux = S.sample(_solver(solver), denoise, x_T, sigmas, key, cond, offset=offset)
     r = reward_fn(x)
     _check_rewards_shape(r, n)
@@ -371,7 +371,7 @@ def svdd_sample(
     return x, GuidanceAux(cost, Cost.zeros(), nfe, vals[-1], {"values": vals})
 
 
-_POTENTIALS = ("diff", "max", "sum", "rt")
+FK_POTENTIALS = ("diff", "max", "sum", "rt")
 
 
 def fk_resample_schedule(num_steps: int, start: int = 20, end: int = 80,
@@ -406,12 +406,12 @@ def fk_steering_sample(
     = rewards at the last resampling step. Cost: N * T denoiser forwards (every step has sigma >
     0), N reward calls per resampling step.
     """
-    if potential not in _POTENTIALS:
-        raise ValueError(f"potential must be one of {_POTENTIALS}, got {potential!r}")
+    if potential not in FK_POTENTIALS:
+        raise ValueError(f"potential must be one of {FK_POTENTIALS}, got {potential!r}")
     check_lam(lam)
     x_T = jnp.asarray(x_T)
     n, shape, dt = x_T.shape[0], x_T.shape, x_T.dtype
-    g, k = _groups(n, num_particles, "num_particles")
+    g, k = group_norm_groups(n, num_particles, "num_particles")
     sigmas = S.check_sigmas(sigmas).astype(dt)
     T = sigmas.shape[0] - 1
     rs = jnp.ones((T,), bool) if resample_steps is None else jnp.asarray(resample_steps, bool)
@@ -457,7 +457,7 @@ def fk_steering_sample(
         # The DDIM(eta) kernel, written exactly as solvers.ddim (same noise stream).
         skeys = jax.vmap(step_key, in_axes=(0, None))(keys, step + 1)
         up, down = S.ddim_sigmas_up_down(s, s_next, eta)
-        z = S._normal_like(skeys, x)
+        z = S.normal_like(skeys, x)
         x = d0 + (down / s) * (x - d0) + up * z
         cost = cost.plus(Cost.of(denoiser_fwd=n, reward_fwd=jnp.where(do_rs, n, 0)))
         return (x, lw, r_prev, r_max, r_sum, r_last, cost), (ess, resample)

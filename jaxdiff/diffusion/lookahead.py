@@ -262,7 +262,7 @@ def efr_grad(x, sigma, look: LookaheadSet, lam, *, alpha=1.0) -> jax.Array:
     N = x.shape[0]
     coef = _per_sample(alpha, N) / jnp.square(_per_sample(sigma, N))
     shift = efr_shift(x, sigma, look, lam, alpha=alpha).astype(jnp.float32)
-    return (sch._bcast(coef, shift) * shift).astype(x.dtype)
+    return (sch.broadcast_like(coef, shift) * shift).astype(x.dtype)
 
 
 def vp_coefficients(sigma_ve):
@@ -273,13 +273,13 @@ def vp_coefficients(sigma_ve):
 
 def vp_grad_to_ve(g_vp, sigma_ve):
     """Chain rule for `x_vp = alpha x_ve`: `grad_ve = alpha * grad_vp` (per-sample `sigma_ve`)."""
-    return g_vp * sch._bcast(sch.alpha_from_sigma(jnp.asarray(sigma_ve)), g_vp).astype(g_vp.dtype)
+    return g_vp * sch.broadcast_like(sch.alpha_from_sigma(jnp.asarray(sigma_ve)), g_vp).astype(g_vp.dtype)
 
 
 def ve_grad_to_vp(g_ve, sigma_ve):
     """Inverse of `vp_grad_to_ve`: `grad_vp = grad_ve / alpha = grad_ve * sqrt(1 + sigma**2)`."""
     f = jnp.sqrt(1.0 + jnp.square(jnp.asarray(sigma_ve)))
-    return g_ve * sch._bcast(f, g_ve).astype(g_ve.dtype)
+    return g_ve * sch.broadcast_like(f, g_ve).astype(g_ve.dtype)
 
 
 # --------------------------------------------------------------------------------------------

@@ -59,7 +59,6 @@ so the results are those of one device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -71,7 +70,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxdiff.diffusion.schedules import _bcast
+from jaxdiff.diffusion.schedules import broadcast_like
+from jaxdiff.files import fingerprint
 from jaxdiff.diffusion.solvers import check_sigmas, heun, sample
 
 _INT_MAX = np.iinfo(np.int32).max
@@ -197,8 +197,7 @@ def _check_unit(v, name):
 
 def cache_key_hash(key: dict) -> str:
     """A stable 16-hex-digit hash of a JSON-able dict (sorted keys)."""
-    blob = json.dumps(key, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return fingerprint(key)
 
 
 def load_or_compute(cache_dir: str, key: dict, compute: Callable[[], dict]) -> dict[str, np.ndarray]:
@@ -459,7 +458,7 @@ def diffrs_sample(
         return st.sid < num_samples
 
     def where_b(m, a, b):
-        return jnp.where(_bcast(m, a), a, b)
+        return jnp.where(broadcast_like(m, a), a, b)
 
     # ---- phases ------------------------------------------------------------------------------
 
@@ -498,8 +497,8 @@ def diffrs_sample(
         i = jnp.clip(st.idx, 0, n - 1)
         s, s_next = sigmas[i], sigmas[i + 1]
         x = st.x
-        sb, snb = _bcast(s, x), _bcast(s_next, x)
-        # Same expressions as solvers._heun_update, with per-slot sigmas.
+        sb, snb = broadcast_like(s, x), broadcast_like(s_next, x)
+        # Same expressions as solvers.heun_update, with per-slot sigmas.
         d = (x - den(x, s, cnd)) / sb
         x_e = x + (snb - sb) * d
         need2 = active & (s_next > 0)
@@ -507,7 +506,7 @@ def diffrs_sample(
 
         def correct(_):
             s_safe = jnp.where(s_next > 0, s_next, 1.0)
-            ssb = _bcast(s_safe, x)
+            ssb = broadcast_like(s_safe, x)
             d2 = (x_e - den(x_e, s_safe, cnd)) / ssb
             return x + (snb - sb) * (0.5 * (d + d2))
 
@@ -540,7 +539,7 @@ def diffrs_sample(
             rej = pending & ~acc
             ip = jnp.clip(i - 1, 0, n)
             step_std = jnp.sqrt(jnp.maximum(jnp.square(sigmas[ip]) - jnp.square(s), 0.0))
-            x = where_b(rej, st.x + _bcast(step_std, st.x) * eps, st.x)
+            x = where_b(rej, st.x + broadcast_like(step_std, st.x) * eps, st.x)
             idx = st.idx - rej.astype(i32)
             fell = rej & (idx == 0)
             ended = ok | fell

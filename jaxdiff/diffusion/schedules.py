@@ -114,15 +114,15 @@ def alpha_bar_from_sigma(sigma):
 
 def ve_to_vp(x, sigma):
     """`x_vp = alpha(sigma) * x_ve` with per-sample `sigma: [N]` broadcast over `x: [N, ...]`."""
-    return x * _bcast(alpha_from_sigma(sigma), x)
+    return x * broadcast_like(alpha_from_sigma(sigma), x)
 
 
 def vp_to_ve(x_vp, sigma):
     """`x_ve = x_vp / alpha(sigma) = x_vp * sqrt(1 + sigma**2)`, per-sample `sigma: [N]`."""
-    return x_vp * _bcast(jnp.sqrt(1.0 + jnp.square(jnp.asarray(sigma))), x_vp)
+    return x_vp * broadcast_like(jnp.sqrt(1.0 + jnp.square(jnp.asarray(sigma))), x_vp)
 
 
-def _bcast(v, x):
+def broadcast_like(v, x):
     """Reshape a per-sample `[N]` (or scalar) array to broadcast against `x: [N, ...]`."""
     v = jnp.asarray(v)
     if v.ndim == 0:

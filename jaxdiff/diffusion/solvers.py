@@ -182,7 +182,7 @@ def _checked(denoise, x_T):
     return den
 
 
-def _normal_like(keys, x, dtype=None):
+def normal_like(keys, x, dtype=None):
     """Per-sample standard normals `[N, ...]` from `[N]` keys (batch-size independent)."""
     return jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], dtype or x.dtype))(keys)
 
@@ -213,7 +213,7 @@ def _euler_update(den, x, sigma, sigma_next, cond):
     return x + (sigma_next - sigma) * d, d
 
 
-def _heun_update(den, x, sigma, sigma_next, cond):
+def heun_update(den, x, sigma, sigma_next, cond):
     """Heun from (x, sigma) to sigma_next; Euler when sigma_next = 0. Returns (x_next, nfe)."""
     x_e, d = _euler_update(den, x, sigma, sigma_next, cond)
 
@@ -252,7 +252,7 @@ def heun() -> Solver:
         return XState(x)
 
     def step(state, den, sigma, sigma_next, keys, cond):
-        x, nfe = _heun_update(den, state.x, sigma, sigma_next, cond)
+        x, nfe = heun_update(den, state.x, sigma, sigma_next, cond)
         return XState(x), nfe
 
     return Solver(init, step, "heun", False)
@@ -277,12 +277,12 @@ def edm_stochastic(s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0) ->
         in_range = (sigma >= s_tmin) & (sigma <= s_tmax)
         gamma = jnp.where(in_range, state.gamma, 0.0).astype(x.dtype)
         sigma_hat = sigma * (1.0 + gamma)
-        eps = _normal_like(keys, x) * jnp.asarray(s_noise, x.dtype)
+        eps = normal_like(keys, x) * jnp.asarray(s_noise, x.dtype)
         # sqrt(sigma_hat^2 - sigma^2) written as sigma sqrt(gamma (2 + gamma)): exactly 0 when
         # gamma = 0 (XLA:CPU contracts sigma_hat^2 - sigma^2 into an FMA, which leaves the
         # rounding error of sigma^2, ~1e-8 sigma, as spurious noise).
         x_hat = x + (sigma * jnp.sqrt(gamma * (2.0 + gamma))) * eps
-        x, nfe = _heun_update(den, x_hat, sigma_hat, sigma_next, cond)
+        x, nfe = heun_update(den, x_hat, sigma_hat, sigma_next, cond)
         return EDMState(x, state.gamma), nfe
 
     return Solver(init, step, "edm", True)
@@ -325,7 +325,7 @@ def ddim(eta=0.0) -> Solver:
         x = state.x
         d0 = den(x, sigma, cond)
         up, down = ddim_sigmas_up_down(sigma, sigma_next, jnp.asarray(eta, x.dtype))
-        z = _normal_like(keys, x)
+        z = normal_like(keys, x)
         x = d0 + (down / sigma) * (x - d0) + up * z
         return XState(x), 1
 
@@ -380,7 +380,7 @@ SOLVERS: dict[str, Callable[..., Solver]] = {
     "ddim": ddim,
     "dpmpp_2m": dpmpp_2m,
 }
-_ALIASES = {"edm_stochastic": "edm", "dpm++2m": "dpmpp_2m", "dpm_solver++_2m": "dpmpp_2m"}
+SOLVER_ALIASES = {"edm_stochastic": "edm", "dpm++2m": "dpmpp_2m", "dpm_solver++_2m": "dpmpp_2m"}
 
 
 def get_solver(name: str, **hparams) -> Solver:
@@ -388,9 +388,9 @@ def get_solver(name: str, **hparams) -> Solver:
 
     Valid names: euler, heun, edm (stochastic; alias edm_stochastic), ddim, dpmpp_2m (alias dpm++2m).
     """
-    canon = _ALIASES.get(name, name)
+    canon = SOLVER_ALIASES.get(name, name)
     if canon not in SOLVERS:
-        valid = ", ".join(sorted(SOLVERS) + sorted(_ALIASES))
+        valid = ", ".join(sorted(SOLVERS) + sorted(SOLVER_ALIASES))
         raise ValueError(f"unknown solver {name!r}; valid names: {valid}")
     try:
         return SOLVERS[canon](**hparams)

@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 
 from jaxdiff.diffusion.denoiser import edm_denoiser
-from jaxdiff.diffusion.schedules import _bcast
+from jaxdiff.diffusion.schedules import broadcast_like
 
 # --------------------------------------------------------------------------------------------
 # Loss
@@ -70,7 +70,7 @@ def edm_loss(
     """
     k_sigma, k_noise = jax.random.split(key)
     sigma = sample_training_sigmas(k_sigma, x0.shape[0], p_mean, p_std, x0.dtype)
-    noise = jax.random.normal(k_noise, x0.shape, x0.dtype) * _bcast(sigma, x0)
+    noise = jax.random.normal(k_noise, x0.shape, x0.dtype) * broadcast_like(sigma, x0)
     d = denoise(x0 + noise, sigma, cond)
     per_elem = jnp.square(d - x0).reshape(x0.shape[0], -1)
     per_sample = edm_loss_weight(sigma, sigma_data) * jnp.mean(per_elem, axis=1)

@@ -47,6 +47,7 @@ angle_rad, align_corners=...)`, ...) with per-image parameters of shape `[B]`, B
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -391,3 +392,41 @@ def augment(
         return branches[0](images)
     index = jax.random.randint(k_choice, (), 0, len(branches))
     return lax.switch(index, branches, images)
+
+
+# ----------------------------------------------------------------------------- strategy by dataset
+# Digit datasets are not flipped (DSA README): flipping changes a digit's identity.
+DIGIT_DATASETS = frozenset({"digits", "mnist", "svhn_cropped"})
+FULL_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+DIGITS_STRATEGY = "color_crop_cutout_scale_rotate"
+
+
+def strategy_for(dataset: str, strategy: str) -> str:
+    """The references' strategy for `dataset` when `strategy` is "auto"; "" or "none" -> ""."""
+    if strategy == "auto":
+        return DIGITS_STRATEGY if dataset in DIGIT_DATASETS else FULL_STRATEGY
+    return "" if strategy == "none" else strategy
+
+
+def per_sample_augment(strategy: str):
+    """`augment(key, images)` with per-image parameters (evaluation, experts, TM), or None when
+    `strategy` is empty."""
+    if not strategy:
+        return None
+    return functools.partial(_per_sample_call, strategy=strategy)
+
+
+def siamese_augment(strategy: str):
+    """`augment(key, images, siamese=True)` for DC/DM distillation (one draw per call, shared by
+    the real and the synthetic batch of a class), or None when `strategy` is empty."""
+    if not strategy:
+        return None
+    return functools.partial(_siamese_call, strategy=strategy)
+
+
+def _per_sample_call(key, images, *, strategy):
+    return augment(key, images, strategy=strategy, siamese=False)
+
+
+def _siamese_call(key, images, siamese=True, *, strategy):
+    return augment(key, images, strategy=strategy, siamese=siamese)

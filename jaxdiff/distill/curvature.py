@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdiff.distill.losses import Augment, _siamese, gradient_distance
+from jaxdiff.distill.losses import Augment, siamese_by_class, gradient_distance
 from jaxdiff.random import sample_keys
 
 PERTURBATIONS = ("global", "per_class")
@@ -102,7 +102,7 @@ def lcmat_perturbation(
     """
     _check(perturbation, real_by_class, real_by_class)
     num_classes = real_by_class.shape[0]
-    real = _siamese(augment, sample_keys(key, num_classes), jax.lax.stop_gradient(real_by_class))
+    real = siamese_by_class(augment, sample_keys(key, num_classes), jax.lax.stop_gradient(real_by_class))
     g_real = jax.vmap(lambda x, c: _class_grad(apply, params, x, c))(real, jnp.arange(num_classes))
     return jax.lax.stop_gradient(_perturb(g_real, rho, perturbation))
 
@@ -147,8 +147,8 @@ def lcmat_loss(
     _check(perturbation, syn_by_class, real_by_class)
     num_classes = syn_by_class.shape[0]
     keys = sample_keys(key, num_classes)
-    syn = _siamese(augment, keys, syn_by_class)
-    real = _siamese(augment, keys, jax.lax.stop_gradient(real_by_class))
+    syn = siamese_by_class(augment, keys, syn_by_class)
+    real = siamese_by_class(augment, keys, jax.lax.stop_gradient(real_by_class))
     classes = jnp.arange(num_classes)
 
     def grads_at(p, p_axis):

@@ -24,7 +24,7 @@ from jaxdiff.random import sample_keys
 Augment = Callable[..., jax.Array]  # augment(key, images, siamese=True) -> images
 
 
-def _siamese(augment, keys, images_by_class):
+def siamese_by_class(augment, keys, images_by_class):
     """Apply one DSA draw per class (the same draw for real and synthetic: same keys)."""
     if augment is None:
         return images_by_class
@@ -57,8 +57,8 @@ def distribution_matching_loss(
     """
     num_classes = syn_by_class.shape[0]
     keys = sample_keys(key, num_classes)
-    syn = _siamese(augment, keys, syn_by_class)
-    real = _siamese(augment, keys, jax.lax.stop_gradient(real_by_class))
+    syn = siamese_by_class(augment, keys, syn_by_class)
+    real = siamese_by_class(augment, keys, jax.lax.stop_gradient(real_by_class))
     f_syn = embed(_flat(syn)).reshape(num_classes, syn.shape[1], -1).mean(axis=1)
     f_real = jax.lax.stop_gradient(embed(_flat(real)).reshape(num_classes, real.shape[1], -1).mean(axis=1))
     return jnp.sum(jnp.square(f_real - f_syn))
@@ -116,8 +116,8 @@ def gradient_matching_loss(
     """
     num_classes = syn_by_class.shape[0]
     keys = sample_keys(key, num_classes)
-    syn = _siamese(augment, keys, syn_by_class)
-    real = _siamese(augment, keys, jax.lax.stop_gradient(real_by_class))
+    syn = siamese_by_class(augment, keys, syn_by_class)
+    real = siamese_by_class(augment, keys, jax.lax.stop_gradient(real_by_class))
 
     def class_grad(x, c):
         def ce(p):

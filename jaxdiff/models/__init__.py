@@ -12,11 +12,13 @@ All classifiers take `rngs` as their first argument, so `functools.partial(ConvN
 and `feature_dim`.
 """
 
+from jaxdiff.models.classifiers import CLASSIFIERS, classifier_factory
 from jaxdiff.models.convnet import ConvNet, convnet_depth_for
 from jaxdiff.models.functional import (
     apply,
     apply_pool,
     init_pool,
+    masked_cross_entropy,
     merge_params,
     num_params,
     split_params,
@@ -27,6 +29,8 @@ from jaxdiff.models.mlp import MLP
 from jaxdiff.models.resnet import ResNet18
 
 __all__ = [
+    "CLASSIFIERS",
+    "classifier_factory",
     "ConvNet",
     "convnet_depth_for",
     "ResNet18",
@@ -39,6 +43,7 @@ __all__ = [
     "apply",
     "apply_pool",
     "init_pool",
+    "masked_cross_entropy",
     "merge_params",
     "num_params",
     "split_params",

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff.models.unet import Conv3x3, _groups
+from jaxdiff.models.unet import Conv3x3, group_norm_groups
 
 # Trainable parameters of a Discriminator: every Param outside the frozen extractor.
 head_filter = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("extractor")))
@@ -49,9 +49,9 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
 
 class _ConvBlock(nnx.Module):
     def __init__(self, c: int, emb: int, *, rngs: nnx.Rngs):
-        self.norm0 = nnx.GroupNorm(c, num_groups=_groups(c), epsilon=1e-5, rngs=rngs)
+        self.norm0 = nnx.GroupNorm(c, num_groups=group_norm_groups(c), epsilon=1e-5, rngs=rngs)
         self.conv0 = Conv3x3(c, c, rngs=rngs)
-        self.norm1 = nnx.GroupNorm(c, num_groups=_groups(c), epsilon=1e-5, rngs=rngs)
+        self.norm1 = nnx.GroupNorm(c, num_groups=group_norm_groups(c), epsilon=1e-5, rngs=rngs)
         self.film = nnx.Linear(emb, 2 * c, rngs=rngs)
         self.conv1 = Conv3x3(c, c, zero_init=True, rngs=rngs)
 
@@ -127,7 +127,7 @@ class Discriminator(nnx.Module):
             self.conv = True
             self.proj = nnx.Linear(self.feature_shape[-1], width, rngs=rngs)  # 1x1 conv
             self.blocks = nnx.List([_ConvBlock(width, emb_dim, rngs=rngs) for _ in range(depth)])
-            self.norm_out = nnx.GroupNorm(width, num_groups=_groups(width), epsilon=1e-5,
+            self.norm_out = nnx.GroupNorm(width, num_groups=group_norm_groups(width), epsilon=1e-5,
                                           rngs=rngs)
         else:
             self.conv = False

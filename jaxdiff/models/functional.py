@@ -27,7 +27,10 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
+
+from jaxdiff.batching import masked_mean
 
 State = Any  # an nnx.State, or a (params, rest) pair from `split_params`
 
@@ -133,3 +136,13 @@ def num_params(tree) -> int:
     if isinstance(tree, nnx.Module):
         tree = nnx.state(tree, nnx.Param)
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """Weighted mean of the softmax cross-entropy: `sum(w * ce) / sum(w)` (0 when all w = 0).
+
+    Args:
+      logits: `[B, K]`; labels: `[B]` int; weights: `[B]` float (0 masks the padding of a
+        partial last batch, `jaxdiff.batching.epoch_batches`; other values weight samples).
+    """
+    return masked_mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), weights)

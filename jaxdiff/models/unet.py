@@ -66,7 +66,7 @@ class Conv3x3(nnx.Module):
         return conv2d(x, self.kernel[...].astype(x.dtype), padding="SAME") + self.bias[...].astype(x.dtype)
 
 
-def _groups(c: int) -> int:
+def group_norm_groups(c: int) -> int:
     # EDM: min(32, C // 4) groups, so tiny widths still normalise over >= 4 channels.
     return max(1, min(32, c // 4))
 
@@ -75,10 +75,10 @@ class ResBlock(nnx.Module):
     """Residual block with additive embedding conditioning (DDPM++ without adaptive scale)."""
 
     def __init__(self, cin: int, cout: int, emb_dim: int, *, rngs: nnx.Rngs):
-        self.norm0 = nnx.GroupNorm(cin, num_groups=_groups(cin), epsilon=1e-5, rngs=rngs)
+        self.norm0 = nnx.GroupNorm(cin, num_groups=group_norm_groups(cin), epsilon=1e-5, rngs=rngs)
         self.conv0 = Conv3x3(cin, cout, rngs=rngs)
         self.affine = nnx.Linear(emb_dim, cout, rngs=rngs)
-        self.norm1 = nnx.GroupNorm(cout, num_groups=_groups(cout), epsilon=1e-5, rngs=rngs)
+        self.norm1 = nnx.GroupNorm(cout, num_groups=group_norm_groups(cout), epsilon=1e-5, rngs=rngs)
         # Small init of the last conv keeps each block near identity at initialisation.
         self.conv1 = Conv3x3(cout, cout, zero_init=True, rngs=rngs)
         self.skip = nnx.Linear(cin, cout, rngs=rngs) if cin != cout else None
@@ -95,7 +95,7 @@ class SelfAttention(nnx.Module):
     """Single-head self-attention over the H*W positions, residual, scaled by 1/sqrt(2)."""
 
     def __init__(self, c: int, *, rngs: nnx.Rngs):
-        self.norm = nnx.GroupNorm(c, num_groups=_groups(c), epsilon=1e-5, rngs=rngs)
+        self.norm = nnx.GroupNorm(c, num_groups=group_norm_groups(c), epsilon=1e-5, rngs=rngs)
         self.qkv = nnx.Linear(c, 3 * c, rngs=rngs)
         self.proj = nnx.Linear(c, c, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
@@ -175,7 +175,7 @@ class UNet(nnx.Module):
             dec.append(nnx.List(blocks))
         assert not skips_c
         self.dec = nnx.List(dec)
-        self.norm_out = nnx.GroupNorm(c, num_groups=_groups(c), epsilon=1e-5, rngs=rngs)
+        self.norm_out = nnx.GroupNorm(c, num_groups=group_norm_groups(c), epsilon=1e-5, rngs=rngs)
         self.conv_out = Conv3x3(c, img_channels, zero_init=True, rngs=rngs)
 
     @property

@@ -45,6 +45,7 @@ from jaxdiff.distill.synset import LabelledSet, save_synset
 from jaxdiff.images import save_grid
 from jaxdiff.models.functional import apply
 from jaxdiff.pipelines import common
+from jaxdiff.checkpoint import config_fingerprint
 from jaxdiff.pipelines.loop import run_loop
 
 LOSSES = ("dm", "dc", "tm", "lcmat")
@@ -478,7 +479,8 @@ def run(config: ml_collections.ConfigDict) -> dict:
             return {"eval_accuracy": r.mean, "eval_accuracy_std": r.std}
         return {}
 
-    state, history = run_loop(step_fn, state, config.iterations, run_dir=run_dir, config=config,
+    state, history = run_loop(step_fn, state, config.iterations, run_dir=run_dir,
+                              fingerprint=config_fingerprint(config),
                               checkpoint_every=config.checkpoint_every, log_every=config.log_every,
                               resume=config.resume, desc=f"distill {param.name}/{loss_name}",
                               on_log=on_log, progress=config.progress)

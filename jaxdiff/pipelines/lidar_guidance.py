@@ -311,10 +311,10 @@ def lidar_builder(ctx, gcfg):
     def phase1(state, rstate, key, lsig):
         den, rf = s.make_denoise(state), reward.make(rstate)
         cond = None if s.label_fn is None else s.label_fn(jnp.arange(n, dtype=jnp.int32))
-        look = L.lookahead_phase(jax.random.fold_in(key, GD._LOOKAHEAD_STREAM), den, rf,
+        look = L.lookahead_phase(jax.random.fold_in(key, GD.LOOKAHEAD_STREAM), den, rf,
                                  (n, *s.shape), sigmas=lsig, solver=look_solver, cond=cond)
         if k:
-            look = L.select_lookahead(look, k, key=jax.random.fold_in(key, GD._SUBSET_STREAM),
+            look = L.select_lookahead(look, k, key=jax.random.fold_in(key, GD.SUBSET_STREAM),
                                       mode=mode)
         return look
 
@@ -461,9 +461,9 @@ def fk_builder(ctx, gcfg):
                          f"'batch_size' = {ctx.batch_size}")
     lam = _positive(p["lam"], "lam")
     potential = str(p["potential"])
-    if potential not in GD._POTENTIALS:
+    if potential not in GD.FK_POTENTIALS:
         raise ValueError(f"config key 'guidance.potential' = {potential!r} is not one of "
-                         f"{list(GD._POTENTIALS)}")
+                         f"{list(GD.FK_POTENTIALS)}")
     thr = _positive(p["ess_threshold"], "ess_threshold", strict=False)
     resample = p["resample"]
     _resample_mask(resample, 2)  # validate the format eagerly

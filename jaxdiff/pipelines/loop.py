@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdiff.checkpoint import Checkpointer, config_fingerprint
+from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.metrics import MetricWriter, check_finite
 
 StepFn = Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]]
@@ -36,7 +36,7 @@ def run_loop(
     num_steps: int,
     *,
     run_dir: str,
-    config: Any,
+    fingerprint: str,
     checkpoint_every: int = 100,
     log_every: int = 10,
     resume: bool = False,
@@ -52,7 +52,8 @@ def run_loop(
       init_state: the state at step 0 (pytree of arrays).
       num_steps: total steps of the run.
       run_dir: checkpoints go to `<run_dir>/checkpoints`, metrics to `<run_dir>/metrics.jsonl`.
-      config: the run's config (its fingerprint guards resumes).
+      fingerprint: the run's config fingerprint (`jaxdiff.checkpoint.config_fingerprint`, or a
+        spec's `resolution.fingerprint`): a resume refuses checkpoints with another one.
       checkpoint_every: save the full state every this many steps (and at the end).
       log_every: read metrics back to the host (a sync) every this many steps; NaN/Inf in any
         metric stops the run with a message naming the step.
@@ -67,7 +68,7 @@ def run_loop(
         raise ValueError(f"num_steps must be >= 0, got {num_steps}")
     run_dir = os.path.abspath(run_dir)
     ckpt = Checkpointer(os.path.join(run_dir, "checkpoints"), max_to_keep=max_to_keep,
-                        fingerprint=config_fingerprint(config))
+                        fingerprint=fingerprint)
     writer = MetricWriter(run_dir)
     state, start, history = init_state, 0, []
     if resume and ckpt.latest_step() is not None:

@@ -149,7 +149,7 @@ def solver_hparams(scfg) -> tuple[str, dict]:
     validated eagerly (unknown name -> ValueError listing the valid ones)."""
     name = str(scfg.name)
     solvers.get_solver(name)  # raises a clear ValueError for unknown names
-    canon = solvers._ALIASES.get(name, name)
+    canon = solvers.SOLVER_ALIASES.get(name, name)
     hp = {k: float(scfg[k]) for k in SOLVER_HPARAMS.get(canon, ())}
     return canon, hp
 

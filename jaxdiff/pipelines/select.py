@@ -195,7 +195,7 @@ def pretrain(config, train_x, train_y, info, seed: int, *, progress: bool):
         counted["steps"] += 1
         return step(s, i, images, labels, mean, std)
 
-    state, _ = run_loop(step_fn, state, num_steps, run_dir=cache_dir, config=keyed,
+    state, _ = run_loop(step_fn, state, num_steps, run_dir=cache_dir, fingerprint=config_fingerprint(keyed),
                         checkpoint_every=config.pretrain.checkpoint_every,
                         log_every=min(config.pretrain.log_every, num_steps), resume=True,
                         desc=f"pretrain seed {seed}", progress=progress, max_to_keep=1)

@@ -34,6 +34,7 @@ from jaxdiff.diffusion.train import init_train_state, make_train_step, nnx_denoi
 from jaxdiff.images import save_grid
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines import denoiser_io as io
+from jaxdiff.checkpoint import config_fingerprint
 from jaxdiff.pipelines.loop import run_loop
 
 # Run-control keys: they do not change the result, so they are left out of the checkpoint's
@@ -200,7 +201,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     total = config.train.steps
     stop = min(config.stop_after, total) if config.stop_after else total
     state, history = run_loop(
-        step_fn, state, stop, run_dir=run_dir, config=fingerprint_config(config),
+        step_fn, state, stop, run_dir=run_dir, fingerprint=config_fingerprint(fingerprint_config(config)),
         checkpoint_every=config.checkpoint_every, log_every=config.log_every,
         resume=config.resume, desc="train-denoiser", on_log=on_log, progress=config.progress)
     if stop < total:

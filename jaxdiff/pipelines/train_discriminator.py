@@ -43,6 +43,7 @@ from jaxdiff.images import save_grid
 from jaxdiff.models.discriminator import Discriminator
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines import denoiser_io as io
+from jaxdiff.checkpoint import config_fingerprint
 from jaxdiff.pipelines.loop import run_loop
 
 EXTRACTORS = ("none", "quality_net")
@@ -266,7 +267,7 @@ def run(config: ml_collections.ConfigDict) -> dict:
     total = int(config.train.steps)
     stop = min(config.stop_after, total) if config.stop_after else total
     state, history = run_loop(step_fn, state, stop, run_dir=run_dir,
-                              config=fingerprint_config(config),
+                              fingerprint=config_fingerprint(fingerprint_config(config)),
                               checkpoint_every=config.checkpoint_every,
                               log_every=config.log_every, resume=config.resume,
                               desc="train-discriminator", progress=config.progress)

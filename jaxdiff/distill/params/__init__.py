@@ -5,10 +5,8 @@ Each is a `Parameterisation` of pure functions (`plan`, `init`, `decode`, `label
 """
 
 from jaxdiff.distill.params.base import (
-    PARAMETERISATIONS,
     Parameterisation,
     class_sorted_labels,
-    get_parameterisation,
     select_real_images,
     take_instances,
 )
@@ -32,9 +30,15 @@ from jaxdiff.distill.params.neural_field import (
     with_grid,
 )
 from jaxdiff.distill.params.pixel import make_pixel
+from jaxdiff.distill.params.registry import (
+    PARAM_GROUPS,
+    PARAMETERISATIONS,
+    get_parameterisation,
+)
 
 __all__ = [
     "PARAMETERISATIONS",
+    "PARAM_GROUPS",
     "Parameterisation",
     "get_parameterisation",
     "select_real_images",

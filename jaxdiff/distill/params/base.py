@@ -25,7 +25,6 @@ Fields of `Parameterisation`:
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -36,16 +35,11 @@ from jaxdiff.distill.budget import BudgetReport
 
 __all__ = [
     "Parameterisation",
-    "PARAMETERISATIONS",
-    "get_parameterisation",
     "select_real_images",
     "class_sorted_labels",
     "take_instances",
     "real_images_shape",
 ]
-
-PARAMETERISATIONS = ("pixel", "fred", "ddif")
-
 
 class Parameterisation(NamedTuple):
     """Pure functions of one parameterisation; see the module docstring for the contracts."""
@@ -56,40 +50,6 @@ class Parameterisation(NamedTuple):
     decode: Callable[..., jax.Array]
     labels: Callable[..., jax.Array]
     storage_floats: Callable[[dict, dict], int]
-
-
-def _factories() -> dict[str, Callable[..., Parameterisation]]:
-    # Imported lazily: the concrete modules import this one.
-    from jaxdiff.distill.params import frequency, neural_field, pixel
-
-    return {"pixel": pixel.make_pixel, "fred": frequency.make_fred, "ddif": neural_field.make_ddif}
-
-
-def get_parameterisation(name: str, **options: Any) -> Parameterisation:
-    """Build a parameterisation by name ("pixel", "fred", "ddif") with its keyword options.
-
-    Unknown names and unknown or missing options raise ValueError listing what is allowed.
-    """
-    factories = _factories()
-    if name not in factories:
-        raise ValueError(
-            f"unknown parameterisation {name!r}; valid names are {', '.join(PARAMETERISATIONS)}"
-        )
-    factory = factories[name]
-    sig = inspect.signature(factory)
-    allowed = list(sig.parameters)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for parameterisation {name!r}; "
-            f"allowed: {', '.join(allowed)}"
-        )
-    missing = [
-        p for p, v in sig.parameters.items() if v.default is inspect.Parameter.empty and p not in options
-    ]
-    if missing:
-        raise ValueError(f"parameterisation {name!r} needs option(s) {', '.join(missing)}")
-    return factory(**options)
 
 
 def real_images_shape(real_by_class: Any) -> tuple[int, tuple[int, ...], list[int]]:

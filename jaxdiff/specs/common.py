@@ -1,0 +1,144 @@
+"""Spec sections shared by several commands: the dataset, a classifier, DSA, run control.
+
+Each `*_spec(r, prefix, ...)` reads one config section through a `Resolver` (so every default it
+fills in is printed in the command's resolved block) and returns a frozen dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from jaxdiff import data as jdata
+from jaxdiff.distill import augment as dsa
+from jaxdiff.models import classifiers
+from jaxdiff.specs.base import Resolver, SpecError
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """A dataset as a command reads it.
+
+    Attributes:
+      name: jaxdiff dataset name (`jaxdiff.data.DATASET_NAMES`).
+      data_dir: TFDS root, or None for the default search.
+      image_size: side length images are resized to, or None for the native size.
+      info: the training split's `DatasetInfo` (shape after resizing, classes, statistics).
+    """
+
+    name: str
+    data_dir: str | None
+    image_size: int | None
+    info: jdata.DatasetInfo
+
+    def load(self, split: str) -> jdata.Dataset:
+        """The whole split as host uint8 arrays (decoded once, then cached on disk)."""
+        return jdata.load(self.name, split, data_dir=self.data_dir, image_size=self.image_size)
+
+
+def data_spec(r: Resolver, prefix: str = "data") -> DataSpec:
+    """The `data` section: `name`, `data_dir` ('' = default search), `image_size` (0 = native)."""
+    name = r.choice(f"{prefix}.name", jdata.DATASET_NAMES)
+    size = r.integer(f"{prefix}.image_size", minimum=0) if r.has(f"{prefix}.image_size") else 0
+    data_dir = r.get(f"{prefix}.data_dir", "") or None
+    info = jdata.get_info(name, "train", image_size=size or None)
+    return DataSpec(name, data_dir, size or None, info)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+    """A classifier architecture (`jaxdiff.models.classifiers`), depth resolved.
+
+    Attributes:
+      name: "convnet" | "resnet18" | "mlp".
+      depth: ConvNet blocks (resolved from the image size when the config says 0).
+      width: ConvNet filters per block / MLP hidden units.
+      norm: "instancenorm" | "batchnorm" | "layernorm" | "none" ...
+    """
+
+    name: str
+    depth: int
+    width: int
+    norm: str
+
+    def factory(self, image_shape, num_classes: int) -> Callable:
+        """A `make_model(rngs)` factory for images of `image_shape` and `num_classes` classes."""
+        return classifiers.classifier_factory(self.name, image_shape, num_classes,
+                                              depth=self.depth, width=self.width, norm=self.norm)
+
+    def as_config(self) -> dict:
+        """The config section this spec came from (`depth` as resolved)."""
+        return dataclasses.asdict(self)
+
+
+def classifier_spec(r: Resolver, prefix: str, image_shape) -> ClassifierSpec:
+    """The `model`-style section `prefix` (`name`, `depth` 0 = by image size, `width`, `norm`)."""
+    name = r.choice(f"{prefix}.name", classifiers.CLASSIFIERS)
+    depth = r.integer(f"{prefix}.depth", minimum=0) if r.has(f"{prefix}.depth") else 0
+    if name == "convnet" and not depth:
+        depth = r.derive(f"{prefix}.depth", classifiers.convnet_depth_for(int(image_shape[0])),
+                         f"ConvNet depth for {image_shape[0]} px images")
+    width = r.integer(f"{prefix}.width", minimum=1)
+    norm = str(r.get(f"{prefix}.norm", "instancenorm"))
+    return ClassifierSpec(name, depth, width, norm)
+
+
+def dsa_strategy(r: Resolver, key: str, dataset: str) -> str:
+    """The DSA strategy at `key`: "auto" -> the dataset's strategy (noted), "none"/"" -> ""."""
+    given = str(r.get(key))
+    strategy = dsa.strategy_for(dataset, given)
+    if given == "auto":
+        r.derive(key, strategy, f"DSA strategy for {dataset}")
+    if strategy:
+        try:
+            dsa.parse_strategy(strategy)
+        except ValueError as e:
+            raise SpecError(f"config key {key!r}: {e}") from None
+    return strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """How a run is driven (none of it changes what the run computes).
+
+    Attributes:
+      run_dir: absolute path of the run directory.
+      resume: continue from the run's last checkpoint.
+      progress: show progress bars.
+      seed: the run's root seed.
+      num_devices: data-parallel devices (0 = all).
+      log_every, checkpoint_every: loop cadence in steps (0 where a command has no loop).
+    """
+
+    run_dir: str
+    resume: bool
+    progress: bool
+    seed: int
+    num_devices: int
+    log_every: int = 0
+    checkpoint_every: int = 0
+
+
+def run_spec(r: Resolver, *, run_dir_key: str = "run_dir", loop: bool = True) -> RunSpec:
+    """The run-control keys: `run_dir`, `resume`, `progress`, `seed`, `num_devices` and, for a
+    command with a loop, `log_every` and `checkpoint_every` (both >= 1)."""
+    run_dir = r.path(run_dir_key)
+    if not run_dir:
+        raise SpecError(f"config key {run_dir_key!r} must name a directory")
+    log = r.integer("log_every", minimum=1) if loop else 0
+    ckpt = r.integer("checkpoint_every", minimum=1) if loop else 0
+    return RunSpec(run_dir=run_dir, resume=bool(r.get("resume", False)),
+                   progress=bool(r.get("progress", True)), seed=r.integer("seed", minimum=0)
+                   if r.has("seed") else 0,
+                   num_devices=r.integer("num_devices", minimum=0) if r.has("num_devices") else 0,
+                   log_every=log, checkpoint_every=ckpt)
+
+
+def as_tuple(value: Any, key: str) -> tuple:
+    """A config value that may be one item or a sequence, as a non-empty tuple."""
+    if isinstance(value, (str, int, float)):
+        value = (value,)
+    value = tuple(value)
+    if not value:
+        raise SpecError(f"config key {key!r} must list at least one entry")
+    return value
