@@ -11,11 +11,21 @@ import ml_collections
 from jaxdiff.distill import augment as dsa
 from jaxdiff.files import atomic_write_json
 from jaxdiff.models import classifiers
+from jaxdiff.specs.base import Resolution, print_resolved, write_config
 
 
 def make_run_dir(path: str) -> str:
     path = os.path.abspath(os.path.expanduser(path))
     os.makedirs(path, exist_ok=True)
+    return path
+
+
+def open_run_dir(run_dir: str, resolution: Resolution) -> str:
+    """Make `run_dir`, print the resolved block and write `config.json` (the resolved config and
+    how it was resolved); returns the absolute path."""
+    path = make_run_dir(run_dir)
+    print_resolved(resolution)
+    write_config(path, resolution)
     return path
 
 
