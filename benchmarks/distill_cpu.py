@@ -26,8 +26,8 @@ import numpy as np
 from benchmarks.common import compiled_flops, compiled_memory, emit, environment
 from jaxdiff import data as jdata
 from jaxdiff.config_utils import build_config
-from jaxdiff.distill.presets import resolve_auto
 from jaxdiff.pipelines.distill import build
+from jaxdiff.specs.distill import resolve
 
 SETTINGS = ("pixel/dm", "fred/dm", "ddif/dm", "pixel/dc", "fred/dc", "ddif/dc")
 
@@ -37,8 +37,7 @@ def bench_one(name: str, train, batch_real: int, repeats: int) -> dict:
     cfg = build_config("distill_cifar10", [
         ("param.name", param), ("loss.name", loss), ("param.ddif.warmup_steps", "0"),
         ("loss.batch_real", str(batch_real)), ("num_devices", "1")])
-    resolve_auto(cfg)
-    b = build(cfg, train, skip_warmup=True)
+    b = build(resolve(cfg), train, skip_warmup=True)
     t0 = time.perf_counter()
     compiled = b.step.lower(b.state, np.int32(0), *b.step_args).compile()
     compile_s = time.perf_counter() - t0

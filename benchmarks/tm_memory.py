@@ -5,7 +5,7 @@ Shapes: CIFAR-10 IPC 1, ConvNet-D3 width 128 instance norm (320,010 parameters),
 every step. Parameterisations (`--params`): pixel (10 images 32x32x3, batch_syn = all 10), FreD
 (the `distill_cifar10` preset's DCT coefficients at IPC 1: 160 instances) and DDiF (its SIRENs at
 IPC 1: 370 fields, initialised without the warm-up fit, which does not change the cost), built
-with `parameterisation_from_config` exactly as `jaxdiff distill` builds them. For FreD and DDiF
+with `jaxdiff.pipelines.distill.parameterisation` exactly as `jaxdiff distill` builds them. For FreD and DDiF
 each iteration decodes only the `syn_steps * batch_syn` instances it uses (the references'
 subset decoding, as `jaxdiff distill` does) inside the differentiated function, with
 `--batch-syn` (default 10, i.e. the same student work per step as pixel, so the rows isolate
@@ -44,12 +44,11 @@ def synthetic_set(param_name: str):
     import jax
 
     from jaxdiff.config_utils import build_config
-    from jaxdiff.distill.presets import resolve_auto
-    from jaxdiff.pipelines.distill import parameterisation_from_config
+    from jaxdiff.pipelines.distill import parameterisation
+    from jaxdiff.specs.distill import resolve
 
     cfg = build_config("distill_cifar10", [("param.name", param_name), ("ipc", "1")])
-    resolve_auto(cfg)
-    param = parameterisation_from_config(cfg, skip_warmup=True)
+    param = parameterisation(resolve(cfg), skip_warmup=True)
     # Stand-in "real" images (20 per class): init cost and shapes only, values irrelevant here.
     real = jax.random.normal(jax.random.key(1), (10, 20, 32, 32, 3))
     params, static = param.init(jax.random.key(4), real)

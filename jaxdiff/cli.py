@@ -29,7 +29,8 @@ class Command(NamedTuple):
 
 def _distill():
     from jaxdiff.pipelines import distill
-    return None, distill.run
+    from jaxdiff.specs import distill as spec
+    return spec.resolve, distill.run
 
 
 def _evaluate():

@@ -46,9 +46,9 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from jaxdiff.distill.losses import Augment, siamese_by_class, gradient_distance
+from jaxdiff.distill.losses import (Augment, class_gradient, class_gradients, gradient_distance,
+                                    siamese_by_class)
 from jaxdiff.random import sample_keys
 
 PERTURBATIONS = ("global", "per_class")
@@ -66,13 +66,6 @@ def ascent_perturbation(grads: Any, rho: float | jax.Array) -> Any:
     scale = jnp.where(norm > 0, jnp.asarray(rho, norm.dtype) / jnp.where(norm > 0, norm, 1.0),
                       0.0)
     return jax.tree.map(lambda g: scale * g, grads)
-
-
-def _class_grad(apply, params, x, c):
-    def ce(p):
-        labels = jnp.full((x.shape[0],), c, jnp.int32)
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(apply(p, x), labels))
-    return jax.grad(ce)(params)
 
 
 def _check(perturbation: str, syn_by_class, real_by_class):
@@ -103,7 +96,7 @@ def lcmat_perturbation(
     _check(perturbation, real_by_class, real_by_class)
     num_classes = real_by_class.shape[0]
     real = siamese_by_class(augment, sample_keys(key, num_classes), jax.lax.stop_gradient(real_by_class))
-    g_real = jax.vmap(lambda x, c: _class_grad(apply, params, x, c))(real, jnp.arange(num_classes))
+    g_real = class_gradients(apply, params, real)
     return jax.lax.stop_gradient(_perturb(g_real, rho, perturbation))
 
 
@@ -152,7 +145,7 @@ def lcmat_loss(
     classes = jnp.arange(num_classes)
 
     def grads_at(p, p_axis):
-        f = jax.vmap(lambda pp, x, c: _class_grad(apply, pp, x, c), in_axes=(p_axis, 0, 0))
+        f = jax.vmap(lambda pp, x, c: class_gradient(apply, pp, x, c), in_axes=(p_axis, 0, 0))
         return jax.lax.stop_gradient(f(p, real, classes)), f(p, syn, classes)
 
     def distance(g_syn, g_real):

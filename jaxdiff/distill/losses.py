@@ -92,6 +92,23 @@ def gradient_distance(g_syn: Any, g_real: Any, metric: str = "ours") -> jax.Arra
     raise ValueError(f"unknown gradient-matching metric {metric!r}; use 'ours', 'mse' or 'cos'")
 
 
+def class_gradient(apply: Callable[[Any, jax.Array], jax.Array], params: Any, images: jax.Array,
+                   c) -> Any:
+    """`∇_θ mean CE(θ; images, c)`: the gradient of one class's batch `[B, H, W, Ch]`, all
+    labelled `c` (a pytree like `params`)."""
+    def ce(p):
+        labels = jnp.full((images.shape[0],), c, jnp.int32)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(apply(p, images), labels))
+    return jax.grad(ce)(params)
+
+
+def class_gradients(apply: Callable[[Any, jax.Array], jax.Array], params: Any,
+                    images_by_class: jax.Array) -> Any:
+    """`class_gradient` of every class of `[C, B, H, W, Ch]`, vmapped: leaves `[C, ...]`."""
+    classes = jnp.arange(images_by_class.shape[0])
+    return jax.vmap(lambda x, c: class_gradient(apply, params, x, c))(images_by_class, classes)
+
+
 def gradient_matching_loss(
     apply: Callable[[Any, jax.Array], jax.Array],
     params: Any,
@@ -118,17 +135,8 @@ def gradient_matching_loss(
     keys = sample_keys(key, num_classes)
     syn = siamese_by_class(augment, keys, syn_by_class)
     real = siamese_by_class(augment, keys, jax.lax.stop_gradient(real_by_class))
-
-    def class_grad(x, c):
-        def ce(p):
-            logits = apply(p, x)
-            labels = jnp.full((x.shape[0],), c, jnp.int32)
-            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-        return jax.grad(ce)(params)
-
-    classes = jnp.arange(num_classes)
-    g_real = jax.lax.stop_gradient(jax.vmap(class_grad)(real, classes))
-    g_syn = jax.vmap(class_grad)(syn, classes)
+    g_real = jax.lax.stop_gradient(class_gradients(apply, params, real))
+    g_syn = class_gradients(apply, params, syn)
     per_class = jax.vmap(lambda a, b: gradient_distance(a, b, metric))(g_syn, g_real)
     return jnp.sum(per_class)
 

@@ -55,3 +55,36 @@ def per_instance(tx: optax.GradientTransformation) -> InstanceOptimizer:
 def plain(tx: optax.GradientTransformation) -> InstanceOptimizer:
     """The unmasked alternative (one shared state; unused instances still drift with momentum)."""
     return InstanceOptimizer(tx.init, lambda g, s, p, used=None: tx.update(g, s, p))
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(name: str, lr: float, *, momentum: float = 0.0, groups: tuple[str, ...] = (),
+                   group_lr: dict[str, float] | None = None, masked: bool = True
+                   ) -> InstanceOptimizer:
+    """The synthetic-set optimiser: `optax.adam(lr)` or `optax.sgd(lr, momentum)` (momentum 0 =
+    none), one per parameter group when `group_lr` gives some group its own rate (the others use
+    `lr`), per-instance masked (`per_instance`) unless `masked` is False (`plain`).
+
+    Args:
+      name: "adam" | "sgd".
+      groups: the keys of the parameterisation's `params` dict (`params.PARAM_GROUPS[name]`).
+      group_lr: `{group: lr}` for some of `groups`.
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimiser {name!r}; valid: {list(OPTIMIZERS)}")
+
+    def make(rate):
+        return optax.adam(rate) if name == "adam" else optax.sgd(rate, momentum=momentum or None)
+
+    if group_lr:
+        unknown = sorted(set(group_lr) - set(groups))
+        if unknown:
+            raise ValueError(f"group learning rates name {unknown}, but the parameter groups "
+                             f"are {sorted(groups)}")
+        rates = {g: group_lr.get(g, lr) for g in groups}
+        tx = optax.multi_transform({g: make(r) for g, r in rates.items()}, {g: g for g in groups})
+    else:
+        tx = make(lr)
+    return per_instance(tx) if masked else plain(tx)

@@ -1,4 +1,5 @@
-"""The references' per-setting defaults for `jaxdiff distill`, filled in where a config says "auto".
+"""The references' per-setting defaults for `jaxdiff distill` as plain tables (read by
+`jaxdiff.specs.distill.resolve` where a config says "auto" or 0).
 
 Sources (see the specs for the evidence level of each figure):
 
@@ -18,7 +19,7 @@ step, so the sequence of per-class steps and the joint step update every field i
 
 from __future__ import annotations
 
-from jaxdiff.distill.params.neural_field import ddif_preset
+from typing import NamedTuple
 
 # (param, loss) -> (optimizer, learning rate, momentum)
 OPTIMIZER_DEFAULTS = {
@@ -57,54 +58,27 @@ DDIF_TM_DEFAULTS = {
 }
 
 # jaxdiff dataset name -> the key of the reference presets
-_DATASET_FAMILY = {"cifar10": "cifar10", "cifar10_jpeg": "cifar10", "cifar100": "cifar100"}
+DATASET_FAMILY = {"cifar10": "cifar10", "cifar10_jpeg": "cifar10", "cifar100": "cifar100"}
 
 
-def resolve_auto(config) -> list[str]:
-    """Replace "auto"/0 entries of a distill config in place; returns what was filled in."""
-    filled = []
-    param, loss = config.param.name, config.loss.name
-    if config.opt.name == "auto" or not config.opt.lr:
-        if (param, "dc" if loss == "lcmat" else loss) not in OPTIMIZER_DEFAULTS:
-            raise ValueError(f"no default optimiser for param.name={param!r} with "
-                             f"loss.name={loss!r}; set opt.name and opt.lr explicitly")
-        if param == "fred" and config.param.fred.dct_norm == "ortho":
-            raise ValueError("the references' FreD learning rates are for the unnormalised DCT; "
-                             "with param.fred.dct_norm='ortho' set opt.lr explicitly "
-                             "(see jaxdiff.distill.params.ortho_learning_rates)")
-        # LCMat-C is DC's machinery with another matching loss: DC's rates.
-        name, lr, momentum = OPTIMIZER_DEFAULTS[(param, "dc" if loss == "lcmat" else loss)]
-        if config.opt.name == "auto":
-            config.opt.name, config.opt.momentum = name, momentum
-            filled.append(f"opt.name={name}, opt.momentum={momentum}")
-        if not config.opt.lr:
-            config.opt.lr = lr
-            filled.append(f"opt.lr={lr:g}")
-    if loss == "tm" and (not config.loss.tm.syn_steps or not config.loss.tm.max_start_epoch
-                         or not config.loss.tm.lr_lr):
-        family = _DATASET_FAMILY.get(config.data.name)
-        table = DDIF_TM_DEFAULTS if param == "ddif" else TM_DEFAULTS
-        if (family, config.ipc) not in table:
-            raise ValueError(f"no TM defaults for {config.data.name!r} IPC {config.ipc}; set "
-                             "loss.tm.syn_steps, loss.tm.max_start_epoch and loss.tm.lr_lr")
-        steps, epochs, max_start, lr_lr, lr_teacher = table[(family, config.ipc)]
-        tm = config.loss.tm
-        if not tm.syn_steps:
-            tm.syn_steps, tm.expert_epochs = steps, epochs
-        if not tm.max_start_epoch:
-            tm.max_start_epoch = max_start
-        if not tm.lr_lr:
-            tm.lr_lr, tm.lr_teacher = lr_lr, lr_teacher
-        filled.append(f"loss.tm syn_steps={tm.syn_steps} expert_epochs={tm.expert_epochs} "
-                      f"max_start_epoch={tm.max_start_epoch} lr_lr={tm.lr_lr:g} "
-                      f"lr_teacher={tm.lr_teacher:g}")
-    if param == "ddif" and (not config.param.ddif.depth or not config.param.ddif.width):
-        family = _DATASET_FAMILY.get(config.data.name)
-        if family is None:
-            raise ValueError(f"no DDiF SIREN preset for dataset {config.data.name!r}; set "
-                             "param.ddif.depth and param.ddif.width")
-        s = ddif_preset(family, config.ipc)
-        config.param.ddif.depth, config.param.ddif.width = s.depth, s.width
-        config.param.ddif.w0_initial, config.param.ddif.w0 = s.w0_initial, s.w0
-        filled.append(f"param.ddif depth={s.depth} width={s.width} w0={s.w0_initial}/{s.w0}")
-    return filled
+class TMDefaults(NamedTuple):
+    """One row of a TM table (dd-common.md §8.4, fred.md §6, ddif.md §6)."""
+
+    syn_steps: int
+    expert_epochs: int
+    max_start_epoch: int
+    lr_lr: float
+    lr_teacher: float
+
+
+def optimizer_default(param: str, loss: str) -> tuple[str, float, float]:
+    """`(optimizer, learning rate, momentum)` of the references for (param, loss); LCMat-C uses
+    DC's (it is DC's machinery with another matching loss). KeyError when there is none."""
+    return OPTIMIZER_DEFAULTS[(param, "dc" if loss == "lcmat" else loss)]
+
+
+def tm_default(dataset: str, ipc: int, param: str) -> TMDefaults:
+    """The TM row for (dataset family, IPC): DDiF's own table for DDiF, FreD's for pixel and
+    FreD. KeyError when the references have none."""
+    table = DDIF_TM_DEFAULTS if param == "ddif" else TM_DEFAULTS
+    return TMDefaults(*table[(DATASET_FAMILY.get(dataset), ipc)])

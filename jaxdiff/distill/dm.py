@@ -1,0 +1,70 @@
+"""DM: distribution matching (Zhao & Bilen, WACV 2023; dd-common.md §7) as a distillation step.
+
+Each iteration draws a fresh, randomly initialised network ψ (never trained: dd-common.md §7.2)
+and minimises, summed over classes c,
+
+    L = Σ_c ‖ mean_i ψ(A(x^real_c,i)) − mean_j ψ(A(x^syn_c,j)) ‖²,
+
+with one siamese DSA draw A per class shared by the real and the synthetic batch
+(`losses.distribution_matching_loss`). The synthetic set is decoded from the parameterisation
+inside the differentiated loss, so the gradient reaches pixels, DCT coefficients or neural-field
+weights alike; the update is the per-instance optax step (`distill.optim`).
+
+DDiF's reference steps its optimiser once per class inside the class loop; with the per-instance
+(masked) optimiser that equals one joint step on the summed loss (class c's fields get gradient
+only from class c's term), so this is one step per iteration (docs/design-notes.md).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+
+from jaxdiff.distill import losses
+from jaxdiff.distill.optim import InstanceOptimizer
+from jaxdiff.distill.params import Parameterisation
+from jaxdiff.distill.placement import Placement
+from jaxdiff.distill.real_pool import sample_real
+from jaxdiff.distill.step import DistillState, DistillStep, fresh_network, key_data, step_key
+from jaxdiff.models.functional import apply
+
+
+def make_dm_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Callable,
+                 augment: Callable | None, *, batch_real: int, num_classes: int,
+                 per_class: int, place: Placement) -> DistillStep:
+    """The DM step.
+
+    Args:
+      param: the parameterisation (decode / labels of the synthetic set).
+      opt: the synthetic-set optimiser (`distill.optim.per_instance` or `plain`).
+      make_model: `make_model(rngs)` of the embedding network (its `embed` method is ψ).
+      augment: siamese DSA `augment(key, images, siamese=True)`, or None.
+      batch_real: real images per class per iteration.
+      num_classes, per_class: C and the synthetic instances per class (N = C * per_class).
+      place: sharding of the synthetic set and the real batch.
+
+    `update(state, step, static, pool_images [C, n, H, W, Ch] uint8, mean [Ch], std [Ch])`.
+    """
+
+    def init(params, key):
+        return DistillState(params, opt.init(params), key_data(key))
+
+    def update(state: DistillState, step, static, pool_images, mean, std):
+        k_net, k_real, k_aug = jax.random.split(step_key(state, step), 3)
+        graphdef, net_params, rest = fresh_network(make_model, k_net)  # frozen: never trained
+        embed = lambda x: apply(graphdef, (net_params, rest), x, method="embed")[0]  # noqa: E731
+        real = place.real(sample_real(pool_images, mean, std, k_real, batch_real))
+
+        def loss_fn(p):
+            syn = place.syn(param.decode(p, static)).reshape(num_classes, per_class,
+                                                             *real.shape[2:])
+            return losses.distribution_matching_loss(embed, syn, real, k_aug, augment)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        updates, opt_state = opt.update(grads, state.opt, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state._replace(params=params, opt=opt_state), {"loss": loss}
+
+    return DistillStep(init, update)
