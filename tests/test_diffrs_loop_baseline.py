@@ -15,7 +15,7 @@ from jaxdiff.diffusion import rejection as R
 from jaxdiff.diffusion import schedules as sch
 
 # the oracle of tests/test_diffrs.py (pytest puts tests/ on sys.path)
-from test_diffrs import gauss_den, oracle_logit  # noqa: E402
+from tests.test_diffrs import gauss_den, oracle_logit  # noqa: E402
 
 
 @functools.partial(jax.jit, static_argnames=("ns", "bs", "shape"))

@@ -10,10 +10,10 @@ import pytest
 from jaxdiff import cli
 from jaxdiff.config_utils import build_config
 from jaxdiff.distill.synset import load_synset
-from jaxdiff.checkpoint import config_fingerprint
 from jaxdiff.pipelines import distill as distill_pipeline
 from jaxdiff.specs import distill as distill_spec
-from jaxdiff.specs.base import SpecError
+
+from tests.helpers import tiny_distill_config
 
 
 class distill:  # noqa: N801 - the command as the CLI runs it: resolve, then run
@@ -22,24 +22,13 @@ class distill:  # noqa: N801 - the command as the CLI runs it: resolve, then run
         return distill_pipeline.run(distill_spec.resolve(config))
 
 
-def _tiny(run_dir, **over):
-    base = {
-        "data.image_size": "8", "ipc": "2", "iterations": "4", "log_every": "2", "checkpoint_every": "2",
-        "model.width": "8", "loss.batch_real": "8", "eval.epochs": "2", "eval.num_runs": "1",
-        "eval.compare_random": "False", "param.ddif.warmup_steps": "5", "progress": "False",
-        "run_dir": str(run_dir), "num_devices": "1",
-    }
-    base.update({k: str(v) for k, v in over.items()})
-    return build_config("quickstart", list(base.items()))
-
-
 @pytest.mark.parametrize("param,loss", [("ddif", "dm"), ("fred", "dm"), ("pixel", "dm"),
                                         ("pixel", "dc")])
 def test_distill_writes_a_loadable_set(tmp_path, param, loss):
     over = {"param.name": param, "loss.name": loss, "param.fred.k": 16}
     if loss == "dc":
         over.update({"loss.dc.outer": 2, "loss.dc.inner": 1, "loss.dc.batch_train": 8})
-    out = distill.run(_tiny(tmp_path, **over))
+    out = distill.run(tiny_distill_config(tmp_path, **over))
     for f in ("synthetic.npz", "params.npz", "final.png", "init.png", "metrics.jsonl",
               "results.json", "config.json"):
         assert os.path.exists(tmp_path / f), f
@@ -56,13 +45,13 @@ def test_distill_writes_a_loadable_set(tmp_path, param, loss):
 
 
 def test_distill_changes_the_images(tmp_path):
-    distill.run(_tiny(tmp_path, **{"param.name": "pixel", "eval.num_runs": 0,
+    distill.run(tiny_distill_config(tmp_path, **{"param.name": "pixel", "eval.num_runs": 0,
                                    "opt.lr": 0.1, "opt.name": "sgd"}))
     p = np.load(tmp_path / "params.npz")
     init = np.load(tmp_path / "synthetic.npz")  # final images == params for pixel
     np.testing.assert_array_equal(p["params/images"], init["images"])
     # Re-run with zero iterations: the initial set; it must differ from the optimised one.
-    distill.run(_tiny(tmp_path / "zero", **{"param.name": "pixel", "eval.num_runs": 0,
+    distill.run(tiny_distill_config(tmp_path / "zero", **{"param.name": "pixel", "eval.num_runs": 0,
                                             "iterations": 0}))
     z = np.load(tmp_path / "zero" / "params.npz")
     assert not np.allclose(z["params/images"], p["params/images"])
@@ -70,9 +59,9 @@ def test_distill_changes_the_images(tmp_path):
 
 def test_resume_equals_uninterrupted(tmp_path):
     over = {"param.name": "ddif", "eval.num_runs": 0}
-    distill.run(_tiny(tmp_path / "full", **over))
-    distill.run(_tiny(tmp_path / "cut", **over, iterations=2))
-    cfg = _tiny(tmp_path / "cut", **over)
+    distill.run(tiny_distill_config(tmp_path / "full", **over))
+    distill.run(tiny_distill_config(tmp_path / "cut", **over, iterations=2))
+    cfg = tiny_distill_config(tmp_path / "cut", **over)
     cfg.resume = True
     distill.run(cfg)
     a = np.load(tmp_path / "full" / "params.npz")
@@ -83,16 +72,16 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_existing_run_needs_resume(tmp_path):
     over = {"param.name": "pixel", "eval.num_runs": 0, "iterations": 2}
-    distill.run(_tiny(tmp_path, **over))
+    distill.run(tiny_distill_config(tmp_path, **over))
     with pytest.raises(FileExistsError, match="--resume"):
-        distill.run(_tiny(tmp_path, **over))
+        distill.run(tiny_distill_config(tmp_path, **over))
 
 
 def test_budget_that_fits_nothing_fails_first(tmp_path):
     # IPC 2 of 8x8x1 images is 128 floats per class; DDiF's 67-float field fits 1, but at IPC 1
     # (64 floats) none fits.
     with pytest.raises(ValueError, match="67 floats per instance.*64 floats per class"):
-        distill.run(_tiny(tmp_path / "r", **{"param.name": "ddif", "ipc": 1}))
+        distill.run(tiny_distill_config(tmp_path / "r", **{"param.name": "ddif", "ipc": 1}))
     assert not os.path.exists(tmp_path / "r" / "checkpoints")
 
 
@@ -101,7 +90,7 @@ def test_cli_rejects_unknown_key_and_bad_choice(tmp_path, capsys):
         cli.main(["distill", "--config", "quickstart", "--config.param.nmae=pixel"])
     assert "param.name" in capsys.readouterr().err
     with pytest.raises(ValueError, match="loss.name"):
-        distill.run(_tiny(tmp_path, **{"loss.name": "kl"}))
+        distill.run(tiny_distill_config(tmp_path, **{"loss.name": "kl"}))
 
 
 @pytest.mark.parametrize("loss", ["dm", "dc"])
@@ -110,8 +99,8 @@ def test_one_and_eight_devices_agree(tmp_path, loss):
     over = {"param.name": "pixel", "ipc": 4, "eval.num_runs": 0, "iterations": 3,
             "opt.name": "sgd", "opt.lr": 0.5, "loss.name": loss, "loss.dc.outer": 2,
             "loss.dc.inner": 1, "loss.dc.batch_train": 8}
-    distill.run(_tiny(tmp_path / "one", num_devices=1, **over))
-    distill.run(_tiny(tmp_path / "eight", num_devices=8, **over))
+    distill.run(tiny_distill_config(tmp_path / "one", num_devices=1, **over))
+    distill.run(tiny_distill_config(tmp_path / "eight", num_devices=8, **over))
     a = np.load(tmp_path / "one" / "params.npz")["params/images"]
     b = np.load(tmp_path / "eight" / "params.npz")["params/images"]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
@@ -135,15 +124,15 @@ def test_spec_defaults_and_group_learning_rates(tmp_path):
     with pytest.raises(ValueError, match="ortho"):
         resolved(("param.name", "fred"), ("param.fred.dct_norm", "ortho"))
     # A group learning rate of 0 freezes that group; the others move.
-    distill.run(_tiny(tmp_path, **{"param.name": "ddif", "eval.num_runs": 0,
+    distill.run(tiny_distill_config(tmp_path, **{"param.name": "ddif", "eval.num_runs": 0,
                                    "opt.group_lr": "W1=0,b1=0", "param.ddif.warmup_steps": 0}))
-    distill.run(_tiny(tmp_path / "zero", **{"param.name": "ddif", "eval.num_runs": 0,
+    distill.run(tiny_distill_config(tmp_path / "zero", **{"param.name": "ddif", "eval.num_runs": 0,
                                             "iterations": 0, "param.ddif.warmup_steps": 0}))
     p, z = np.load(tmp_path / "params.npz"), np.load(tmp_path / "zero" / "params.npz")
     np.testing.assert_array_equal(p["params/W1"], z["params/W1"])
     assert not np.allclose(p["params/Wo"], z["params/Wo"])
     with pytest.raises(ValueError, match="parameter groups"):
-        distill.run(_tiny(tmp_path / "bad", **{"param.name": "ddif", "opt.group_lr": "W9=1"}))
+        distill.run(tiny_distill_config(tmp_path / "bad", **{"param.name": "ddif", "opt.group_lr": "W9=1"}))
 
 
 # ----------------------------------------------------------------------------- trajectory matching
@@ -163,7 +152,7 @@ def _tm(run_dir, buffer_dir, **over):
             "loss.tm.expert_epochs": 1, "loss.tm.max_start_epoch": 2, "loss.tm.lr_lr": 1e-3,
             "loss.tm.batch_syn": 8, "opt.name": "sgd", "opt.lr": 10.0, "eval.num_runs": 0}
     base.update(over)
-    return _tiny(run_dir, **base)
+    return tiny_distill_config(run_dir, **base)
 
 
 @pytest.mark.parametrize("param", ["pixel", "ddif"])
@@ -204,9 +193,9 @@ def test_tm_bad_experts(tmp_path, tiny_experts):
 def test_lcmat_with_rho_zero_equals_dc_and_differs_otherwise(tmp_path):
     over = {"param.name": "pixel", "eval.num_runs": 0, "iterations": 2, "opt.name": "sgd",
             "opt.lr": 0.5, "loss.dc.outer": 2, "loss.dc.inner": 1, "loss.dc.batch_train": 8}
-    distill.run(_tiny(tmp_path / "dc", **{"loss.name": "dc"}, **over))
-    distill.run(_tiny(tmp_path / "lc0", **{"loss.name": "lcmat", "loss.lcmat.rho": 0.0}, **over))
-    distill.run(_tiny(tmp_path / "lc", **{"loss.name": "lcmat", "loss.lcmat.rho": 0.5}, **over))
+    distill.run(tiny_distill_config(tmp_path / "dc", **{"loss.name": "dc"}, **over))
+    distill.run(tiny_distill_config(tmp_path / "lc0", **{"loss.name": "lcmat", "loss.lcmat.rho": 0.0}, **over))
+    distill.run(tiny_distill_config(tmp_path / "lc", **{"loss.name": "lcmat", "loss.lcmat.rho": 0.5}, **over))
     dc, lc0, lc = (np.load(tmp_path / d / "params.npz")["params/images"] for d in ("dc", "lc0", "lc"))
     np.testing.assert_allclose(lc0, dc, rtol=1e-5, atol=1e-6)
     assert not np.allclose(lc, dc, rtol=1e-3, atol=1e-4)
@@ -219,66 +208,3 @@ def test_tm_one_and_eight_devices_agree(tmp_path, tiny_experts):
     a = np.load(tmp_path / "one" / "params.npz")["params/images"]
     b = np.load(tmp_path / "eight" / "params.npz")["params/images"]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-
-
-# ----------------------------------------------------------------------------- the resolved spec
-def _old_fill(cfg, **values):
-    """What the pre-spec pipeline wrote into the config in place (`presets.resolve_auto`, removed)."""
-    from jaxdiff.config_utils import set_values
-    return set_values(cfg, **values)
-
-
-@pytest.mark.parametrize("over,filled", [
-    ([("param.name", "fred")], {"opt.name": "sgd", "opt.momentum": 0.5, "opt.lr": 1e6}),
-    ([("param.name", "pixel"), ("loss.name", "dc")],
-     {"opt.name": "sgd", "opt.momentum": 0.5, "opt.lr": 0.1}),
-    ([("param.name", "ddif"), ("ipc", "10")],
-     {"opt.name": "adam", "opt.momentum": 0.0, "opt.lr": 5e-5, "param.ddif.depth": 2,
-      "param.ddif.width": 6, "param.ddif.w0_initial": 30.0, "param.ddif.w0": 40.0}),
-    ([("param.name", "pixel"), ("loss.name", "tm"), ("loss.tm.buffer_dir", "b")],
-     {"opt.name": "sgd", "opt.momentum": 0.5, "opt.lr": 1000.0, "loss.tm.syn_steps": 50,
-      "loss.tm.expert_epochs": 2, "loss.tm.max_start_epoch": 5, "loss.tm.lr_lr": 1e-7,
-      "loss.tm.lr_teacher": 1e-2}),
-])
-def test_resolve_fills_the_tables_and_keeps_the_checkpoint_fingerprint(over, filled):
-    config = build_config("distill_cifar10", over)
-    before = config.to_dict()
-    spec = distill_spec.resolve(config)
-    assert config.to_dict() == before                      # the caller's config is not mutated
-    from jaxdiff.distill.params import ddif_preset
-    if "param.ddif.w0" in filled:
-        filled["param.ddif.w0"] = ddif_preset("cifar10", 10).w0
-    # The fingerprint guarding checkpoints is the old pipeline's: the config with the table
-    # values written in, run-control keys left out. Existing run directories still resume.
-    assert spec.resolution.fingerprint == config_fingerprint(_old_fill(config, **filled))
-    for key in filled:
-        assert any(n.startswith(f"{key} = ") and ("presets." in n or "DDIF_PRESETS" in n)
-                   for n in spec.resolution.notes), key
-
-
-def test_resolve_notes_derived_values_and_adjustments(tmp_path):
-    spec = distill_spec.resolve(_tiny(tmp_path, **{"loss.batch_real": 100000, "param.name": "pixel"}))
-    smallest = spec.loss.batch_real
-    assert 100 < smallest < 200                         # the smallest digits class of the split
-    notes = "\n".join(spec.resolution.notes)
-    assert f"loss.batch_real = 100000 adjusted to {smallest}" in notes
-    assert "model.depth -> 1" in notes and "loss.dsa_strategy -> 'color_crop_cutout_scale_rotate'" in notes
-    distill_pipeline.run(distill_spec.resolve(_tiny(tmp_path, **{"param.name": "pixel",
-                                                                 "eval.num_runs": 0,
-                                                                 "iterations": 1})))
-    written = json.load(open(tmp_path / "config.json"))
-    assert written["command"] == "distill" and written["config"]["param"]["name"] == "pixel"
-    assert any("model.depth" in n for n in written["resolved"])
-
-
-@pytest.mark.parametrize("over,words", [
-    ({"ipc": 0}, "'ipc' = 0 must be >= 1"), ({"loss.name": "kl"}, "'loss.name' = 'kl'"),
-    ({"opt.group_lr": "W1"}, "not NAME=LR"),
-    ({"loss.name": "dc", "loss.dc.metric": "l1"}, "'loss.dc.metric' = 'l1'"),
-    ({"model.name": "vit"}, "'model.name' = 'vit'"),
-    ({"data.name": "imagenet"}, "'data.name' = 'imagenet'"),
-    ({"loss.lcmat.weight": 2, "loss.name": "lcmat"}, "'loss.lcmat.weight' = 2 must be <= 1"),
-])
-def test_resolve_rejects_bad_values_naming_the_key(tmp_path, over, words):
-    with pytest.raises(SpecError, match=words):
-        distill_spec.resolve(_tiny(tmp_path, **{"param.name": "ddif", **over}))

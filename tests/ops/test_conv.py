@@ -1,10 +1,6 @@
 """jaxdiff.ops.conv2d (issue 3): every implementation equals `lax.conv_general_dilated` in value
 and in first- and second-order derivatives, under jit, vmap (pools of models) and scan; plus
-the implementation switch, input validation, and instance_norm's hand-written JVP.
-
-Reference: `lax.conv_general_dilated` at HIGHEST precision, differentiated by JAX's own rules.
-Tolerances are float32 round-off of sums over at most a few thousand terms.
-"""
+the implementation switch and input validation."""
 
 import functools
 import re
@@ -16,16 +12,14 @@ import pytest
 from jax import lax
 
 from jaxdiff.ops import (
-    avg_pool2,
     conv2d,
     conv_impl,
     get_conv_impl,
-    instance_norm,
     set_conv_impl,
 )
 from jaxdiff.ops import conv as conv_module
 
-IMPLS = ["matmul", "auto"]
+from tests.helpers import assert_close, jit_o0
 
 
 def ref_conv(x, w, stride=1, padding="SAME"):
@@ -35,16 +29,6 @@ def ref_conv(x, w, stride=1, padding="SAME"):
         x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision=lax.Precision.HIGHEST,
     )
-
-
-def assert_close(actual, desired, tol):
-    """max |a - d| <= tol * max(1, max |d|), leaf by leaf (float32 round-off of long sums)."""
-    for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
-        a, d = np.asarray(a), np.asarray(d)
-        assert a.shape == d.shape
-        scale = max(1.0, float(np.max(np.abs(d))))
-        err = float(np.max(np.abs(a - d)))
-        assert err <= tol * scale, f"max error {err:.3g} > {tol:.1g} * {scale:.3g}"
 
 
 # (H, W, C_in, C_out, k, stride, padding): odd sizes, 1 and 3 input channels (im2col regime),
@@ -71,13 +55,6 @@ def _data(key, case, n=2):
     b = jax.random.normal(kb, (o,))
     ct = jax.random.normal(kc, jax.eval_shape(lambda: ref_conv(x, w, stride, padding)).shape)
     return x, w, b, ct
-
-
-# Each test compiles ONE program (data generation, our path and the reference together):
-# on the 2-core CI machine compilation, not execution, is what these tests spend. LLVM
-# optimisation level 0 cuts it 4-5x; the HLO (and so the formulations under test) is the
-# same, only the machine code is less optimised. The HLO-structure test keeps the defaults.
-jit_o0 = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
 @pytest.mark.parametrize(
@@ -280,46 +257,3 @@ def test_bad_inputs_raise_clear_errors():
         conv2d(jnp.zeros((1, 2, 2, 3)), jnp.zeros((3, 3, 3, 5)), padding="VALID")
     with pytest.raises(ValueError, match="conv impl"):
         conv2d(x, jnp.zeros((3, 3, 3, 5)), impl="fast")
-
-
-def _ref_instance_norm(x, scale, bias, eps=1e-5):
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=(1, 2), keepdims=True)
-    return (x - mean) / jnp.sqrt(var + eps) * scale + bias
-
-
-def test_instance_norm_values_and_derivatives(key):
-    """Value, gradient, grad-of-grad, JVP, affine-only gradient and vmap vs the formula."""
-
-    @jit_o0
-    def run(key):
-        kx, ks, kb, kc = jax.random.split(key, 4)
-        x = jax.random.normal(kx, (3, 5, 6, 4)) * 2.0 + 1.5
-        scale, bias = jax.random.normal(ks, (4,)), jax.random.normal(kb, (4,))
-        ct = jax.random.normal(kc, x.shape)
-
-        def side(f):
-            loss = lambda x, s, b: jnp.sum(jnp.sin(f(x, s, b)) * ct)
-            g = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
-            gg = jax.grad(
-                lambda x, s, b: sum(jnp.sum(t**2) for t in jax.grad(loss, (0, 1, 2))(x, s, b)),
-                argnums=(0, 1, 2),
-            )(x, scale, bias)
-            jvp = jax.jvp(f, (x, scale, bias), (ct, scale, bias))[1]
-            # Only the affine parameters differentiated (symbolic-zero tangent for x).
-            g_affine = jax.grad(lambda s: jnp.sum(f(x, s, bias) * ct))(scale)
-            vm = jax.vmap(lambda x: jax.grad(loss)(x[None], scale, bias))(x)
-            return f(x, scale, bias), g, gg, jvp, g_affine, vm
-
-        return side(instance_norm), side(_ref_instance_norm)
-
-    ours, ref = run(key)
-    for name, a, b, tol in zip(("value", "grad", "grad2", "jvp", "affine", "vmap"), ours, ref,
-                               (1e-5, 1e-5, 2e-5, 1e-5, 1e-5, 1e-5)):
-        assert_close(a, b, tol), name
-
-
-def test_avg_pool2(key):
-    x = jax.random.normal(key, (2, 6, 4, 3))
-    expected = x.reshape(2, 3, 2, 2, 2, 3).mean(axis=(2, 4))
-    assert_close(avg_pool2(x), expected, 1e-6)

@@ -47,7 +47,6 @@ def _normal(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-
 # --------------------------------------------------------------------------- coordinates
 def test_coordinate_grid_row_major_minus_one_to_one():
     g = np.asarray(coordinate_grid((4, 5)))

@@ -290,7 +290,6 @@ def test_digits_strategy_never_flips():
 # ------------------------------------------------------------------ siamese vs per-sample
 
 
-
 def _siamese_pair(strategy):
     """(augment(real + syn), augment(syn)) with one key, as one jitted program."""
     def run(k, real, syn):
