@@ -35,17 +35,20 @@ def _distill():
 
 def _evaluate():
     from jaxdiff.pipelines import evaluate
-    return None, evaluate.run
+    from jaxdiff.specs import evaluate as spec
+    return spec.resolve, evaluate.run
 
 
 def _experts():
     from jaxdiff.pipelines import experts
-    return None, experts.run
+    from jaxdiff.specs import experts as spec
+    return spec.resolve, experts.run
 
 
 def _select():
     from jaxdiff.pipelines import select
-    return None, select.run
+    from jaxdiff.specs import select as spec
+    return spec.resolve, select.run
 
 
 def _train_denoiser():

@@ -19,7 +19,7 @@ import tensorflow_datasets as tfds
 from jaxdiff import data
 from jaxdiff.data import cache as data_cache
 from jaxdiff.data import datadirs
-from jaxdiff.data.transforms import _linear_weights
+from jaxdiff.data.transforms import linear_weights
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +155,7 @@ def test_resize_hand_computed():
     np.testing.assert_array_equal(out[0, 0, :, 0], [0, 64, 191, 255])  # 63.75 and 191.25 rounded
     # Downsampling 4 -> 2 is antialiased: triangle widened to 2 px, centre 0.5 weighs
     # (0.75, 0.75, 0.25, 0) / 1.75 -> (0*0.75 + 10*0.75 + 20*0.25) / 1.75 = 7.142857.
-    w = _linear_weights(4, 2)
+    w = linear_weights(4, 2)
     np.testing.assert_allclose(w @ np.array([0.0, 10, 20, 30]), [50 / 7, 30 - 50 / 7], atol=1e-12)
     np.testing.assert_allclose(w.sum(axis=1), 1.0)
 
@@ -165,8 +165,8 @@ def test_resize_hand_computed():
 def test_resize_weights_match_jax_image_resize(src, dst):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (2, *src, 3))
-    ours = np.einsum("oh,nhwc,pw->nopc", _linear_weights(src[0], dst[0]), x,
-                     _linear_weights(src[1], dst[1]))
+    ours = np.einsum("oh,nhwc,pw->nopc", linear_weights(src[0], dst[0]), x,
+                     linear_weights(src[1], dst[1]))
     ref = jax.image.resize(jnp.asarray(x, jnp.float32), (2, *dst, 3), "linear", antialias=True)
     np.testing.assert_allclose(ours, np.asarray(ref), atol=2e-3)
 

@@ -12,8 +12,16 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxdiff.batching import epoch_batches
 from jaxdiff import models
 from jaxdiff.distill import experts as E
+from jaxdiff.pipelines import experts as P
+from jaxdiff.specs.experts import resolve as resolve_experts
+
+def _run(config):
+    """The command as the CLI runs it: resolve the config, then run the pipeline."""
+    return P.run(resolve_experts(config))
+
 
 
 def test_store_roundtrip_lazy_segment_and_checks(tmp_path):
@@ -62,7 +70,7 @@ def test_store_partial_snapshots_resume_and_finalize(tmp_path):
 
 
 def test_epoch_schedule_is_dataloader_shuffle(key):
-    idx, w = E.epoch_schedule(key, 10, 4)
+    idx, w = epoch_batches(key, 10, 4)
     idx, w = np.asarray(idx), np.asarray(w)
     assert idx.shape == (3, 4)
     np.testing.assert_array_equal(w.sum(1), [4, 4, 2])     # the last batch is smaller
@@ -91,7 +99,7 @@ def test_one_epoch_equals_plain_sgd_loop(key):
     theta, unravel = jax.flatten_util.ravel_pytree(params)
     np.testing.assert_allclose(np.asarray(flat0[0]), np.asarray(theta), rtol=1e-6)
     ekey = jax.random.fold_in(jax.random.fold_in(dk, 3), 2)
-    idx, w = E.epoch_schedule(jax.random.fold_in(ekey, 0), 10, 4)
+    idx, w = epoch_batches(jax.random.fold_in(ekey, 0), 10, 4)
     for s in range(idx.shape[0]):
         rows = np.asarray(idx[s])[np.asarray(w[s]) > 0]
 
@@ -141,9 +149,7 @@ def _config(run_dir, **kw):
 
 
 def test_pipeline_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    from jaxdiff.pipelines import experts as P
-
-    full = P.run(_config(tmp_path / "a"))
+    full = _run(_config(tmp_path / "a"))
     assert full["num_experts_complete"] == 2
 
     real = P.make_expert_trainer
@@ -162,13 +168,13 @@ def test_pipeline_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(P, "make_expert_trainer", crashing)
     with pytest.raises(KeyboardInterrupt):
-        P.run(_config(tmp_path / "b"))
+        _run(_config(tmp_path / "b"))
     store_b = E.ExpertStore(tmp_path / "b")
     assert len(store_b) == 0 and store_b.resume_epoch(0) == 2
     with pytest.raises(FileExistsError):
-        P.run(_config(tmp_path / "b"))                 # refuses to overwrite without --resume
+        _run(_config(tmp_path / "b"))                 # refuses to overwrite without --resume
     monkeypatch.setattr(P, "make_expert_trainer", real)
-    P.run(_config(tmp_path / "b", resume=True))
+    _run(_config(tmp_path / "b", resume=True))
     store_a = E.ExpertStore(tmp_path / "a")
     for i in range(2):
         np.testing.assert_array_equal(store_b.trajectory(i), store_a.trajectory(i))
@@ -177,4 +183,4 @@ def test_pipeline_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert meta["dataset"] == "digits" and meta["zca"] is False and meta["epochs"] == 3
     assert meta["param_paths"][0].startswith("blocks/0/conv")
     with pytest.raises(ValueError, match="lr"):       # a store from another config is refused
-        P.run(_config(tmp_path / "b", resume=True, lr=0.02))
+        _run(_config(tmp_path / "b", resume=True, lr=0.02))

@@ -13,6 +13,12 @@ from jaxdiff import data as jdata
 from jaxdiff.config_utils import load_config, set_values
 from jaxdiff.pipelines import select as S
 from jaxdiff.select import methods as M
+from jaxdiff.specs.select import resolve as resolve_select
+
+def _run(config):
+    """The command as the CLI runs it: resolve the config, then run the pipeline."""
+    return S.run(resolve_select(config))
+
 
 FRACTION = 0.1
 
@@ -41,7 +47,7 @@ def tiny_config(tmp_path, **kw):
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("select")
     config = tiny_config(tmp)
-    return config, S.run(config)
+    return config, _run(config)
 
 
 def test_writes_selections_and_results(first_run):
@@ -98,23 +104,23 @@ def test_rerun_reuses_cache_and_resume_skips_done(first_run, tmp_path):
     # Another run dir, same selection-model settings: nothing is pre-trained again.
     c2 = tiny_config(tmp_path, **{"pretrain.cache_dir": config.pretrain.cache_dir,
                                   "select.methods": ("herding",)})
-    out2 = S.run(c2)
+    out2 = _run(c2)
     info = out2["selection_models"]["0"]
     assert info["pretrain_steps_run"] == 0 and info["features_cached"]
     assert info["cache_dir"] == out["selection_models"]["0"]["cache_dir"]
     # --resume of a finished table: every row is kept as it was, nothing is recomputed.
     c3 = tiny_config(tmp_path, **{"pretrain.cache_dir": config.pretrain.cache_dir,
                                   "select.methods": ("herding",), "resume": True})
-    out3 = S.run(c3)
+    out3 = _run(c3)
     assert out3["rows"] == out2["rows"] and out3["selection_models"] == {}
 
 
 def test_interrupted_pretraining_resumes_to_the_same_model(tmp_path, monkeypatch):
     config = tiny_config(tmp_path)
     train = jdata.load("digits", "train", image_size=8)
-    x, y, info = train.images, train.labels.astype(np.int32), train.info
+    x, y = train.images, train.labels.astype(np.int32)
     ref = tiny_config(tmp_path, **{"pretrain.cache_dir": str(tmp_path / "ref")})
-    _, p_ref, _, c_ref, _, n_ref = S.pretrain(ref, x, y, info, 0, progress=False)
+    _, p_ref, _, c_ref, _, n_ref = S.pretrain(resolve_select(ref), x, y, 0)
     assert n_ref == 12
 
     real = S.make_pretrain_step
@@ -130,9 +136,9 @@ def test_interrupted_pretraining_resumes_to_the_same_model(tmp_path, monkeypatch
 
     monkeypatch.setattr(S, "make_pretrain_step", crashing)
     with pytest.raises(KeyboardInterrupt):
-        S.pretrain(config, x, y, info, 0, progress=False)
+        S.pretrain(resolve_select(config), x, y, 0)
     monkeypatch.setattr(S, "make_pretrain_step", real)
-    _, p, _, c, _, n = S.pretrain(config, x, y, info, 0, progress=False)
+    _, p, _, c, _, n = S.pretrain(resolve_select(config), x, y, 0)
     assert n == 12 - 4  # resumed from the checkpoint at step 4
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p_ref)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -143,11 +149,11 @@ def test_interrupted_pretraining_resumes_to_the_same_model(tmp_path, monkeypatch
 def test_bad_method_lists_valid_names_before_work(tmp_path):
     config = tiny_config(tmp_path, **{"select.methods": ("uniform", "lcmat")})
     with pytest.raises(ValueError, match="select.methods.*lcmat.*valid names:.*lcmat_s"):
-        S.run(config)
+        _run(config)
     assert not os.path.exists(config.pretrain.cache_dir)
     config = tiny_config(tmp_path, **{"select.fractions": (0.001,)})
     with pytest.raises(ValueError, match="select.fractions.*selects 0 samples"):
-        S.run(config)
+        _run(config)
     config = tiny_config(tmp_path, **{"select.options": {"lcmat_s": {"epsilon": 0.1}}})
     with pytest.raises(ValueError, match="select.options.lcmat_s.*epsilon.*valid.*eps"):
-        S.run(config)
+        _run(config)

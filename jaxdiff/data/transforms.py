@@ -14,7 +14,7 @@ import numpy as np
 from jaxdiff.data.registry import DatasetInfo, Stats, resolve_stats
 
 
-def _linear_weights(in_size: int, out_size: int) -> np.ndarray:
+def linear_weights(in_size: int, out_size: int) -> np.ndarray:
     """`[out_size, in_size]` float64 bilinear interpolation matrix, half-pixel centres.
 
     Output pixel o samples input coordinate c = (o + 0.5) * in/out - 0.5 with a triangle kernel;
@@ -32,12 +32,12 @@ def _linear_weights(in_size: int, out_size: int) -> np.ndarray:
 
 def resize_bilinear(images: np.ndarray, size: tuple[int, int], *, chunk: int = 4096) -> np.ndarray:
     """Resize `images: [N, H, W, C] uint8` to `[N, size[0], size[1], C] uint8` (bilinear, see
-    `_linear_weights`), rounding to the nearest integer. Runs on the host in float32 chunks."""
+    `linear_weights`), rounding to the nearest integer. Runs on the host in float32 chunks."""
     n, h, w, c = images.shape
     if (h, w) == tuple(size):
         return images
-    wh = _linear_weights(h, size[0]).astype(np.float32)
-    ww = _linear_weights(w, size[1]).astype(np.float32)
+    wh = linear_weights(h, size[0]).astype(np.float32)
+    ww = linear_weights(w, size[1]).astype(np.float32)
     out = np.empty((n, size[0], size[1], c), np.uint8)
     for s in range(0, n, chunk):
         x = images[s:s + chunk].astype(np.float32)
@@ -73,8 +73,14 @@ def normalize(images, info: DatasetInfo | None = None, *, stats=None):
         raise TypeError(f"normalize expects uint8 images in 0..255, got dtype {images.dtype}")
     if images.shape[-1] != len(s.mean):
         raise ValueError(f"images have {images.shape[-1]} channels, statistics have {len(s.mean)}")
-    mean = xp.asarray(s.mean, xp.float32)
-    std = xp.asarray(s.std, xp.float32)
+    return normalize_with(images, xp.asarray(s.mean, xp.float32), xp.asarray(s.std, xp.float32))
+
+
+def normalize_with(images, mean, std):
+    """uint8 `[..., C]` -> float32 `(images / 255 - mean) / std` for `mean`, `std` given as `[C]`
+    arrays — the form jitted steps use on device-resident uint8 images (statistics passed as
+    arguments, not baked in). No checks: `normalize` is the checked entry point."""
+    xp = _xp(images)
     return (images.astype(xp.float32) / xp.float32(255.0) - mean) / std
 
 

@@ -18,7 +18,7 @@ into ONE compiled program:
 
 from __future__ import annotations
 
-import math
+import functools
 from typing import Callable, NamedTuple, Sequence
 
 import jax
@@ -27,8 +27,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxdiff.batching import epoch_batches, padded_batches
+from jaxdiff.models.functional import apply, masked_cross_entropy
 from jaxdiff.random import sample_keys
-from jaxdiff.models.functional import apply
 
 
 class EvalResult(NamedTuple):
@@ -187,96 +188,93 @@ def _tick(epoch):
 
 def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, augment,
                        eval_epochs, test_batch_size, n_train, n_test, progress=False):
-    """Build (and memoise) the jitted, run-vmapped training + testing program."""
+    """Build (and memoise) the jitted, run-vmapped training + testing program:
+    `fn(keys [R], train_x, train_y, test_x, test_y, lr, train_w) -> (final [R], acc [R, E+1],
+    last loss [R])`."""
     cache_key = (make_model, epochs, batch_size, momentum, weight_decay, augment, eval_epochs,
                  test_batch_size, n_train, n_test, progress)
     if cache_key in _CACHE:
         return _CACHE[cache_key]
-
     total_epochs = epochs + 1
-    phase1 = min(decay_epoch(epochs), total_epochs)
-    batch = min(batch_size, n_train)
-    steps = math.ceil(n_train / batch)
-    test_batch = min(test_batch_size, n_test)
-    test_steps = math.ceil(n_test / test_batch)
     eval_mask = np.zeros(total_epochs, bool)
     for e in eval_epochs:
         eval_mask[e - 1] = True
-    eval_mask = jnp.asarray(eval_mask)
     # Momentum trace after coupled weight decay = torch.optim.SGD(momentum, weight_decay).
     tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.trace(decay=momentum))
-
-    def test_accuracy(graphdef, params, rest, test_x, test_y):
-        # copy=True: params/rest come from an outer scan carry (see models.functional.apply)
-        model = nnx.merge(graphdef, params, rest, copy=True)
-        model.eval()
-        pad = test_steps * test_batch - n_test
-        xs = jnp.pad(test_x, ((0, pad), (0, 0), (0, 0), (0, 0))).reshape(
-            test_steps, test_batch, *test_x.shape[1:])
-        ys = jnp.pad(test_y, (0, pad), constant_values=-1).reshape(test_steps, test_batch)
-
-        def count(_, xy):
-            x, y = xy
-            return None, jnp.sum(jnp.argmax(model(x), -1) == y)
-
-        _, correct = jax.lax.scan(count, None, (xs, ys))
-        return jnp.sum(correct) / n_test
-
-    def one_run(key, train_x, train_y, test_x, test_y, lr, train_w):
-        init_key, data_key = jax.random.split(key)
-        model = make_model(nnx.Rngs(init_key))
-        model.train()
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        opt_state = tx.init(params)
-
-        def loss_fn(params, rest, x, y, w):
-            # BatchNorm statistics update in train mode: apply returns the new `rest`.
-            logits, (_, new_rest) = apply(graphdef, (params, rest), x)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-            return jnp.sum(ce * w) / jnp.maximum(jnp.sum(w), 1e-12), new_rest
-
-        def epoch(carry, e):
-            params, rest, opt_state = carry
-            # Phase 2 starts with fresh (zero) momentum and lr x 0.1, like a rebuilt optimiser.
-            reset = e == phase1
-            opt_state = jax.tree.map(lambda s: jnp.where(reset, jnp.zeros_like(s), s), opt_state)
-            lr_e = jnp.where(e >= phase1, 0.1 * lr, lr)
-            ekey = jax.random.fold_in(data_key, e)
-            perm = jax.random.permutation(jax.random.fold_in(ekey, 0), n_train)
-            pad = steps * batch - n_train
-            idx = jnp.concatenate([perm, jnp.zeros(pad, perm.dtype)]).reshape(steps, batch)
-            wts = jnp.concatenate([jnp.ones(n_train), jnp.zeros(pad)]).reshape(steps, batch)
-
-            def step(carry, s):
-                params, rest, opt_state = carry
-                x = train_x[idx[s]]
-                y = train_y[idx[s]]
-                if augment is not None:
-                    x = augment(jax.random.fold_in(ekey, s + 1), x)
-                # Masked padding x per-sample weights; an all-zero-weight batch contributes 0.
-                w = wts[s] * train_w[idx[s]]
-                (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                    params, rest, x, y, w)
-                updates, opt_state = tx.update(grads, opt_state, params)
-                params = jax.tree.map(lambda p, u: p - lr_e * u, params, updates)
-                return (params, rest, opt_state), loss
-
-            (params, rest, opt_state), losses = jax.lax.scan(
-                step, (params, rest, opt_state), jnp.arange(steps))
-            # The predicate depends only on the (unbatched) epoch counter, so under vmap over
-            # runs this stays a real conditional: test passes run only after chosen epochs.
-            acc = jax.lax.cond(eval_mask[e],
-                               lambda: test_accuracy(graphdef, params, rest, test_x, test_y),
-                               lambda: jnp.float32(-1.0))
-            if progress:
-                jax.debug.callback(_tick, e)
-            return (params, rest, opt_state), (jnp.mean(losses), acc)
-
-        (params, rest, _), (losses, accs) = jax.lax.scan(
-            epoch, (params, rest, opt_state), jnp.arange(total_epochs))
-        final = test_accuracy(graphdef, params, rest, test_x, test_y)
-        return final, accs, losses[-1]
-
-    fn = jax.jit(jax.vmap(one_run, in_axes=(0, None, None, None, None, None, None)))
+    run = functools.partial(
+        _one_run, make_model=make_model, tx=tx, total_epochs=total_epochs,
+        phase1=min(decay_epoch(epochs), total_epochs), batch_size=batch_size,
+        test_batch=test_batch_size, eval_mask=jnp.asarray(eval_mask), augment=augment,
+        progress=progress)
+    fn = jax.jit(jax.vmap(run, in_axes=(0, None, None, None, None, None, None)))
     _CACHE[cache_key] = fn
     return fn
+
+
+def model_accuracy(graphdef, params, rest, test_x, test_y, test_batch: int) -> jax.Array:
+    """Accuracy of the model `(graphdef, params, rest)` in eval mode on `test_x [M, H, W, C]`,
+    `test_y [M]`, in padded batches of `test_batch` (padding labelled -1: never correct)."""
+    # copy=True: params/rest come from an outer scan carry (see models.functional.apply)
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    model.eval()
+    xs = padded_batches(test_x, test_batch)
+    ys = padded_batches(test_y, test_batch, fill=-1)
+
+    def count(_, xy):
+        x, y = xy
+        return None, jnp.sum(jnp.argmax(model(x), -1) == y)
+
+    _, correct = jax.lax.scan(count, None, (xs, ys))
+    return jnp.sum(correct) / test_x.shape[0]
+
+
+def _one_run(key, train_x, train_y, test_x, test_y, lr, train_w, *, make_model, tx,
+             total_epochs, phase1, batch_size, test_batch, eval_mask, augment, progress):
+    """One network of the protocol: init from `key`, `total_epochs` epochs, test passes."""
+    init_key, data_key = jax.random.split(key)
+    model = make_model(nnx.Rngs(init_key))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(params, rest, x, y, w):
+        # BatchNorm statistics update in train mode: apply returns the new `rest`.
+        logits, (_, new_rest) = apply(graphdef, (params, rest), x)
+        return masked_cross_entropy(logits, y, w), new_rest
+
+    def epoch(carry, e):
+        params, rest, opt_state = carry
+        # Phase 2 starts with fresh (zero) momentum and lr x 0.1, like a rebuilt optimiser.
+        opt_state = jax.tree.map(lambda s: jnp.where(e == phase1, jnp.zeros_like(s), s),
+                                 opt_state)
+        lr_e = jnp.where(e >= phase1, 0.1 * lr, lr)
+        ekey = jax.random.fold_in(data_key, e)
+        idx, wts = epoch_batches(jax.random.fold_in(ekey, 0), train_x.shape[0], batch_size)
+
+        def step(carry, s):
+            params, rest, opt_state = carry
+            x = train_x[idx[s]]
+            if augment is not None:
+                x = augment(jax.random.fold_in(ekey, s + 1), x)
+            # Masked padding x per-sample weights; an all-zero-weight batch contributes 0.
+            (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, rest, x, train_y[idx[s]], wts[s] * train_w[idx[s]])
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = jax.tree.map(lambda p, u: p - lr_e * u, params, updates)
+            return (params, rest, opt_state), loss
+
+        (params, rest, opt_state), losses = jax.lax.scan(
+            step, (params, rest, opt_state), jnp.arange(idx.shape[0]))
+        # The predicate depends only on the (unbatched) epoch counter, so under vmap over
+        # runs this stays a real conditional: test passes run only after chosen epochs.
+        acc = jax.lax.cond(
+            eval_mask[e],
+            lambda: model_accuracy(graphdef, params, rest, test_x, test_y, test_batch),
+            lambda: jnp.float32(-1.0))
+        if progress:
+            jax.debug.callback(_tick, e)
+        return (params, rest, opt_state), (jnp.mean(losses), acc)
+
+    (params, rest, _), (losses, accs) = jax.lax.scan(
+        epoch, (params, rest, tx.init(params)), jnp.arange(total_epochs))
+    final = model_accuracy(graphdef, params, rest, test_x, test_y, test_batch)
+    return final, accs, losses[-1]

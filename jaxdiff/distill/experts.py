@@ -23,8 +23,8 @@ the per-epoch snapshots of an unfinished expert double as its resume checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 import os
 import re
 import shutil
@@ -37,27 +37,14 @@ import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+from jaxdiff import data as jdata
+from jaxdiff.batching import epoch_batches, padded_batches
+from jaxdiff.files import atomic_save_npy, atomic_savez, atomic_write_json
 from jaxdiff.models.functional import apply_pool, init_pool
 
 FORMAT = "jaxdiff-experts/1"
 _EXPERT_RE = re.compile(r"^expert_(\d{5})\.npy$")
 _EPOCH_RE = re.compile(r"^epoch_(\d{4})\.npy$")
-
-
-def _atomic_save(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(array))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=lambda o: np.asarray(o).tolist())
-    os.replace(tmp, path)
 
 
 class ExpertStore:
@@ -123,7 +110,7 @@ class ExpertStore:
                                      f", this run has {k}={v!r}")
             return store
         os.makedirs(root, exist_ok=True)
-        _atomic_json(path, full)
+        atomic_write_json(path, full, sort_keys=True)
         return cls(root)
 
     # ----------------------------------------------------------------------------- paths
@@ -174,7 +161,7 @@ class ExpertStore:
         return self.load(expert, start), self.load(expert, start + length)
 
     def save_zca(self, zca) -> None:
-        _atomic_npz(os.path.join(self.root, "zca.npz"), mean=zca.mean, whiten=zca.whiten,
+        atomic_savez(os.path.join(self.root, "zca.npz"), mean=zca.mean, whiten=zca.whiten,
                     inverse=zca.inverse)
 
     def load_zca(self):
@@ -202,7 +189,7 @@ class ExpertStore:
         if trajectory.shape != (self.epochs + 1, self.num_params):
             raise ValueError(f"trajectory has shape {trajectory.shape}, expected "
                              f"{(self.epochs + 1, self.num_params)}")
-        _atomic_save(self.path(expert), trajectory)
+        atomic_save_npy(self.path(expert), trajectory)
         self._mmaps.pop(int(expert), None)
 
     def save_snapshot(self, expert: int, epoch: int, flat) -> None:
@@ -214,7 +201,7 @@ class ExpertStore:
             raise ValueError(f"epoch must be in 0..{self.epochs}, got {epoch}")
         d = self._partial_dir(expert)
         os.makedirs(d, exist_ok=True)
-        _atomic_save(os.path.join(d, f"epoch_{int(epoch):04d}.npy"), flat)
+        atomic_save_npy(os.path.join(d, f"epoch_{int(epoch):04d}.npy"), flat)
 
     def partial_epochs(self, expert: int) -> list[int]:
         """Epochs with an in-progress snapshot of `expert` (sorted; [] if none)."""
@@ -258,30 +245,7 @@ class ExpertStore:
             pass
 
 
-def _atomic_npz(path: str, **arrays) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.npz"
-    np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------- training
-def epoch_schedule(key: jax.Array, num_train: int, batch_size: int
-                   ) -> tuple[jax.Array, jax.Array]:
-    """One epoch's batches: a permutation of `num_train` in chunks of `batch_size`.
-
-    Returns `idx [S, b]` int32 and `weights [S, b]` float32 with S = ceil(num_train / b) and
-    b = min(batch_size, num_train); the last chunk is padded with weight-0 entries (index 0),
-    i.e. the smaller last batch of `DataLoader(shuffle=True, drop_last=False)`.
-    """
-    b = min(int(batch_size), int(num_train))
-    steps = math.ceil(num_train / b)
-    pad = steps * b - num_train
-    perm = jax.random.permutation(key, num_train)
-    idx = jnp.concatenate([perm, jnp.zeros(pad, perm.dtype)]).reshape(steps, b)
-    w = jnp.concatenate([jnp.ones(num_train), jnp.zeros(pad)]).reshape(steps, b)
-    return idx.astype(jnp.int32), w.astype(jnp.float32)
-
-
 class ExpertTrainer(NamedTuple):
     """Pure functions that train a pool of experts in flat-parameter form.
 
@@ -358,8 +322,8 @@ def make_expert_trainer(
         expert_keys = jax.vmap(
             lambda i: jax.random.fold_in(jax.random.fold_in(data_key, i), epoch_idx))(
                 jnp.asarray(expert_ids))
-        idx, w = jax.vmap(lambda k: epoch_schedule(jax.random.fold_in(k, 0), num_train,
-                                                   batch_size))(expert_keys)   # [N, S, b]
+        idx, w = jax.vmap(lambda k: epoch_batches(jax.random.fold_in(k, 0), num_train,
+                                                  batch_size))(expert_keys)   # [N, S, b]
         steps = idx.shape[1]
 
         def step(flat, s):
@@ -376,13 +340,7 @@ def make_expert_trainer(
 
     @jax.jit
     def accuracy(flat, images, labels):
-        n = images.shape[0]
-        b = min(eval_batch, n)
-        steps = math.ceil(n / b)
-        pad = steps * b - n
-        xs = jnp.pad(images, ((0, pad),) + ((0, 0),) * (images.ndim - 1)).reshape(
-            steps, b, *images.shape[1:])
-        ys = jnp.pad(labels, (0, pad), constant_values=-1).reshape(steps, b)
+        xs, ys = padded_batches(images, eval_batch), padded_batches(labels, eval_batch, fill=-1)
 
         def count(_, xy):
             x, y = xy
@@ -390,7 +348,7 @@ def make_expert_trainer(
             return None, jnp.sum(pred == y[None], axis=1)
 
         _, correct = jax.lax.scan(count, None, (xs, ys))
-        return jnp.sum(correct, axis=0) / n
+        return jnp.sum(correct, axis=0) / images.shape[0]
 
     return ExpertTrainer(init, epoch, accuracy, unravel, num_params)
 
@@ -406,3 +364,33 @@ def param_layout(make_model: Callable[[nnx.Rngs], nnx.Module], key: jax.Array) -
 
     return {"param_paths": [name(path) for path, _ in leaves],
             "param_shapes": [list(x.shape) for _, x in leaves]}
+
+
+class ExpertData(NamedTuple):
+    """The arrays experts train and are tested on, on device, in the space they train in.
+
+    Without ZCA the images stay uint8 (`[N, H, W, C]`) and `transform` normalises each gathered
+    batch; with ZCA (MTT `--zca`: [0, 1] pixels whitened with the train-set ZCA, dd-common.md §2)
+    they are float32 in ZCA space and `transform` is None.
+    """
+
+    train_x: jax.Array
+    train_y: jax.Array
+    test_x: jax.Array
+    test_y: jax.Array
+    zca: Any
+    transform: Callable | None
+
+
+def expert_data(train, test, *, zca: bool = False, zca_reg: float = 0.1) -> ExpertData:
+    """`ExpertData` of a train and a test `jaxdiff.data.Dataset` (uint8 images, labels, info)."""
+    if zca:
+        z = jdata.fit_zca(train.images.astype(np.float32) / 255.0, reg=zca_reg)
+        tx = jdata.zca_apply(z, jnp.asarray(train.images, jnp.float32) / 255.0)
+        ex = jdata.zca_apply(z, jnp.asarray(test.images, jnp.float32) / 255.0)
+        return ExpertData(tx, jnp.asarray(train.labels), ex, jnp.asarray(test.labels), z, None)
+    mean = jnp.asarray(train.info.mean, jnp.float32)
+    std = jnp.asarray(train.info.std, jnp.float32)
+    transform = functools.partial(jdata.normalize_with, mean=mean, std=std)
+    return ExpertData(jnp.asarray(train.images), jnp.asarray(train.labels),
+                      jnp.asarray(test.images), jnp.asarray(test.labels), None, transform)

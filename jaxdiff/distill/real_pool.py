@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.data.classes import class_indices
+from jaxdiff.data.transforms import normalize_with
 
 
 class RealPool(NamedTuple):
@@ -40,12 +41,7 @@ class RealPool(NamedTuple):
 
     def normalised(self) -> jax.Array:
         """Every pooled image, normalised: `[C, n, H, W, Ch]` float32."""
-        return normalise(self.images, self.mean, self.std)
-
-
-def normalise(x: jax.Array, mean, std) -> jax.Array:
-    """uint8 pixels -> `(x / 255 - mean) / std` float32 (the references' normalisation)."""
-    return (x.astype(jnp.float32) / 255.0 - mean) / std
+        return normalize_with(self.images, self.mean, self.std)
 
 
 def make_real_pool(images: np.ndarray, labels: np.ndarray, num_classes: int, mean, std
@@ -74,4 +70,4 @@ def sample_real(pool_images: jax.Array, mean: jax.Array, std: jax.Array, key: ja
         return pool_images[c, idx]
 
     x = jax.vmap(one)(jnp.arange(num_classes), jax.random.split(key, num_classes))
-    return normalise(x, mean, std)
+    return normalize_with(x, mean, std)

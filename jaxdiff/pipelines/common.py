@@ -38,6 +38,9 @@ def write_json(path: str, obj) -> None:
 
 
 # Transitional: the commands still on ConfigDicts build these from their config sections.
+MODEL_NAMES = classifiers.CLASSIFIERS
+
+
 def dsa_strategy_for(dataset: str, strategy: str) -> str:
     return dsa.strategy_for(dataset, strategy)
 

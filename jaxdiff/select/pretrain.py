@@ -1,0 +1,105 @@
+"""The selection model: pre-training on the candidate pool and its features (lcmat.md §3 Step 0).
+
+LCMat-S and the baselines select from the features of a classifier trained on the whole
+un-augmented training split: SGD with momentum (optionally Nesterov) and coupled weight decay at
+a constant learning rate, a fresh permutation every epoch (the partial last batch masked,
+`jaxdiff.batching`). `make_pretrain_step` is one jitted step whose batch and randomness are a
+function of the step index only, so a driver can checkpoint and resume it exactly; its state
+also records, for every epoch, whether each sample was classified correctly when presented
+(`correct [E, N]`), the events `forgetting` counts.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxdiff.batching import epoch_batches
+from jaxdiff.data.transforms import normalize_with
+from jaxdiff.models.functional import apply, masked_cross_entropy, with_mode
+
+
+def pretrain_optimizer(lr: float, momentum: float, nesterov: bool,
+                       weight_decay: float) -> optax.GradientTransformation:
+    """`torch.optim.SGD(lr, momentum, nesterov, weight_decay)`: decay added to the gradient
+    before the momentum trace; momentum 0 = plain SGD."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(lr, momentum=momentum or None, nesterov=bool(nesterov)))
+
+
+def init_pretrain_state(make_model: Callable, seed: int, tx, num_epochs: int, n: int):
+    """`(graphdef, state)`: the model of `seed` in train mode, split, and the step's state
+    `{"params", "rest", "opt", "key", "correct" [E, N] int8}`."""
+    model = make_model(nnx.Rngs(jax.random.key(seed)))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    state = {"params": params, "rest": rest, "opt": tx.init(params),
+             "key": jax.random.key_data(jax.random.fold_in(jax.random.key(seed), 7)),
+             "correct": jnp.zeros((num_epochs, n), jnp.int8)}
+    return graphdef, state
+
+
+def make_pretrain_step(graphdef, tx, n: int, batch: int, steps_per_epoch: int):
+    """Jitted `(state, step, images_u8 [N, H, W, C], labels [N], mean, std) -> (state, metrics)`.
+
+    Step s trains on batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`'s batches
+    `epoch_batches(fold_in(key, epoch), n, batch)`; the padding of the last batch has weight 0
+    and is left out of `correct`.
+    """
+
+    def step(state, step_idx, images, labels, mean, std):
+        epoch = step_idx // steps_per_epoch
+        s = step_idx % steps_per_epoch
+        ekey = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), epoch)
+        idx_all, w_all = epoch_batches(ekey, n, batch)
+        idx, w = idx_all[s], w_all[s]
+        x = normalize_with(images[idx], mean, std)
+        y = labels[idx]
+
+        def loss_fn(params):
+            logits, (_, rest) = apply(graphdef, (params, state["rest"]), x)
+            return masked_cross_entropy(logits, y, w), (rest, logits)
+
+        (loss, (rest, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state["params"])
+        updates, opt = tx.update(grads, state["opt"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        hit = (jnp.argmax(logits, -1) == y).astype(jnp.int8)
+        # padding rows scatter to index n, which mode="drop" discards
+        correct = state["correct"].at[epoch, jnp.where(w > 0, idx, n)].set(hit, mode="drop")
+        acc = jnp.sum(hit * w) / jnp.sum(w)
+        return ({**state, "params": params, "rest": rest, "opt": opt, "correct": correct},
+                {"loss": loss, "train_accuracy": acc})
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def extract_features(graphdef, params, rest, images: np.ndarray, mean, std,
+                     batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode penultimate embeddings `[N, D]` and logits `[N, C]` (float32) of uint8
+    `images [N, H, W, C]`, in fixed-size batches (the last one padded: one compiled shape)."""
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+
+    @jax.jit
+    def feats(params, rest, xb):
+        model = with_mode(nnx.merge(graphdef, params, rest, copy=True), train=False)
+        emb = model.embed(normalize_with(xb, mean, std))
+        return emb, model.classifier(emb)
+
+    n = len(images)
+    embs, logits = [], []
+    for s in range(0, n, batch_size):
+        xb = images[s:s + batch_size]
+        if len(xb) < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - len(xb), *xb.shape[1:]), xb.dtype)])
+        e, z = feats(params, rest, jnp.asarray(xb))
+        embs.append(np.asarray(e))
+        logits.append(np.asarray(z))
+    return (np.concatenate(embs)[:n].astype(np.float32),
+            np.concatenate(logits)[:n].astype(np.float32))

@@ -1,0 +1,68 @@
+"""`jaxdiff evaluate`: config -> `EvaluateSpec`.
+
+The training set is `source`: "full" (the whole real training split), "random" (`ipc` random
+real images per class) or "synthetic" (a saved set, `synthetic_path`: a run directory or a
+`synthetic.npz`). Derived: the ConvNet depth (0: by image size) and the DSA strategy ("auto": by
+dataset). The saved set's learning rate (TM's learned step size) replaces `train.lr` when
+`train.use_saved_lr` — the pipeline says so when it happens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxdiff.specs.base import Resolution, Resolver, SpecError
+from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, classifier_spec, data_spec,
+                                  dsa_strategy, run_spec)
+
+SOURCES = ("full", "random", "synthetic")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolSpec:
+    """The train-on-X / test-on-real protocol (`distill.evaluate.train_and_test`)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    num_runs: int
+    dsa_strategy: str               # resolved; '' = no augmentation
+    eval_epochs: tuple[int, ...]    # extra test passes after these completed epochs
+    use_saved_lr: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateSpec:
+    data: DataSpec
+    source: str
+    ipc: int
+    synthetic_path: str
+    model: ClassifierSpec
+    train: ProtocolSpec
+    run: RunSpec
+    resolution: Resolution
+
+
+def resolve(config) -> EvaluateSpec:
+    """Resolve a `jaxdiff evaluate` config; SpecError on bad values."""
+    r = Resolver("evaluate", config)
+    data = data_spec(r)
+    source = r.choice("source", SOURCES)
+    ipc = r.integer("ipc", minimum=1 if source == "random" else 0)
+    synthetic_path = r.path("synthetic_path")
+    if source == "synthetic" and not synthetic_path:
+        raise SpecError("source=synthetic needs --config.synthetic_path=RUN_DIR_OR_NPZ")
+    epochs = r.integer("train.epochs", minimum=0)
+    eval_epochs = tuple(int(e) for e in r.get("train.eval_epochs"))
+    bad = [e for e in eval_epochs if not 1 <= e <= epochs + 1]
+    if bad:
+        raise SpecError(f"config key 'train.eval_epochs' = {eval_epochs}: {bad} outside "
+                        f"1..{epochs + 1} (train.epochs + 1 epochs are trained)")
+    train = ProtocolSpec(epochs, r.number("train.lr", 0.0, strict=True),
+                         r.integer("train.batch_size", minimum=1),
+                         r.integer("train.num_runs", minimum=1),
+                         dsa_strategy(r, "train.dsa_strategy", data.name), eval_epochs,
+                         r.flag("train.use_saved_lr"))
+    return EvaluateSpec(data, source, ipc, synthetic_path,
+                        classifier_spec(r, "model", data.info.image_shape), train,
+                        run_spec(r, loop=False), r.resolution())
