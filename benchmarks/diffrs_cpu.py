@@ -322,8 +322,7 @@ def check_equal(x_sm, info_sm, x_loop, info_loop: LoopInfo, *, rtol=1e-5, atol=1
 def main(argv=None) -> None:
     from jaxdiff.diffusion import rejection as R
     from jaxdiff.diffusion import schedules
-    from jaxdiff.pipelines import denoiser_io as io
-    from jaxdiff.pipelines.train_discriminator import load_discriminator
+    from jaxdiff.diffusion.saved import load_discriminator, load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", default="runs/dn_unet400")
@@ -345,7 +344,7 @@ def main(argv=None) -> None:
 
     env = environment()
     emit({"bench": "env", "note": "load average at start"}, env=env)
-    model, disc = io.load_model(a.model_dir), load_discriminator(a.disc_dir)
+    model, disc = load_model(a.model_dir), load_discriminator(a.disc_dir)
     shape = tuple(model.image_shape)
     sig = schedules.karras_sigmas(18, 0.002, 80.0, 7.0)
     mst, dst = jax.block_until_ready((model.state(True), disc.state()))

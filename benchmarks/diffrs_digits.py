@@ -36,9 +36,8 @@ from jaxdiff import data as jdata
 from jaxdiff.diffusion import discriminator as D
 from jaxdiff.diffusion import rejection as R
 from jaxdiff.diffusion import schedules, solvers
-from jaxdiff.pipelines import denoiser_io as io
-from jaxdiff.pipelines import quality_net as QN
-from jaxdiff.pipelines.train_discriminator import load_discriminator
+from jaxdiff.diffusion import quality_net as QN
+from jaxdiff.diffusion.saved import load_discriminator, load_model
 
 
 def emit(rec: dict) -> None:
@@ -59,13 +58,13 @@ def main(argv=None) -> None:
     max_iter = a.max_iter or np.iinfo(np.int32).max
     ns = a.num
 
-    model, disc = io.load_model(a.model_dir), load_discriminator(a.disc_dir)
+    model, disc = load_model(a.model_dir), load_discriminator(a.disc_dir)
     shape = tuple(model.image_shape)
     sig = schedules.karras_sigmas(18, 0.002, 80.0, 7.0)
     mst, dst = model.state(True), disc.state()
     net = QN.get_quality_net(QN.QualityNetSpec("digits", image_size=8))
-    train_real = io.to_model_space(jdata.load("digits", "train", image_size=8).images)
-    test_real = io.to_model_space(jdata.load("digits", "test", image_size=8).images)
+    train_real = jdata.to_model_space(jdata.load("digits", "train", image_size=8).images)
+    test_real = jdata.to_model_space(jdata.load("digits", "test", image_size=8).images)
     all_real = np.concatenate([train_real, test_real])
 
     @jax.jit

@@ -10,7 +10,7 @@ Setting:
     (unconditional 8x8 U-Net); main sampler DDIM(eta = 1), `--steps` Karras steps
     (sigma 80 -> 0.002 -> 0).
   * "prompts": target classes (`--targets`); reward `r_t(x) = log p(y = t | clip(x))` of the digits
-    quality net (`jaxdiff.pipelines.quality_net`, the spec `jaxdiff sample` uses; model space
+    quality net (`jaxdiff.diffusion.quality_net`, the spec `jaxdiff sample` uses; model space
     [-1, 1] for both networks); `--particles` samples per target.
   * With lam = 1 the tilted target p(x) p(t | x) is the class-conditional p(x | t). Beside the
     guided reward we report `heldout_accuracy`: the fraction of samples that a second quality net
@@ -52,8 +52,8 @@ from jaxdiff.diffusion import guidance as GD
 from jaxdiff.diffusion import lookahead as L
 from jaxdiff.diffusion import schedules as sch
 from jaxdiff.diffusion import solvers as S
-from jaxdiff.pipelines import denoiser_io as io
-from jaxdiff.pipelines import quality_net as QN
+from jaxdiff.diffusion import quality_net as QN
+from jaxdiff.diffusion.saved import load_model
 
 
 def main(argv=None):
@@ -88,7 +88,7 @@ def main(argv=None):
     if args.out:
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
 
-    m = io.load_model(args.model_dir)
+    m = load_model(args.model_dir)
     state = m.state(True)
     shape = tuple(m.image_shape)
     net = QN.get_quality_net(QN.QualityNetSpec("digits", image_size=shape[0]))

@@ -6,7 +6,7 @@ Runtime here (2 CPU cores): 512 samples, Heun 18 steps (35 NFE), 8x8 U-Net: 17 s
 (39 s wall at load average ~15, of which 30 s sampling), plus ~7 s once to train the quality net.
 
 Quality: Frechet distance on the features of a small ConvNet classifier trained on digits
-(jaxdiff.pipelines.quality_net; trained once, ~10 s, then cached), NOT Inception FID; plus the
+(jaxdiff.diffusion.quality_net; trained once, ~10 s, then cached), NOT Inception FID; plus the
 classifier's accuracy on class-conditional samples and its mean entropy.
 """
 
@@ -25,7 +25,7 @@ def get_config():
     c.num_samples = 512
     c.batch_size = 128               # fixed per call; a multiple of the device count
     c.labels = "cycle"               # conditional models: cycle | none | a class number
-    c.guidance = dict(name="none")   # seam for LiDAR / DiffRS (jaxdiff.pipelines.sample.GUIDANCE)
+    c.guidance = dict(name="none")   # none, diffrs, lidar, gradient, best_of_n, svdd, fk
     c.gmm = dict(image_shape=(4, 4, 1), num_components=4, std=0.2, mean_scale=0.6, seed=0)
     c.quality = dict(enabled=True, num_real=0, seed=0, width=32, feature_dim=64, epochs=20,
                      batch_size=128, lr=1e-3)

@@ -1,4 +1,4 @@
-"""Train the DiffRS discriminator for the 8x8 digits denoiser, then draw a DiffRS demo grid.
+"""Train the DiffRS discriminator for the 8x8 digits denoiser.
 
 Command: jaxdiff train-discriminator --config train_discriminator_digits
 Needs:   a finished `jaxdiff train-denoiser --config train_denoiser_digits` run (model_dir).
@@ -8,8 +8,8 @@ Real digits (label 1) vs `fake.num` unguided Heun samples of the denoiser (label
 importance-sampled as in DG; Adam 3e-4, L2 1e-7 (the reference's settings; the reference trains
 50+ epochs at batch 128 on 50k+50k CIFAR images). `disc.extractor = "quality_net"` uses the
 pretrained quality classifier as a frozen feature extractor (the reference's frozen ADM
-classifier); "none" trains a conv head on the pixels. Afterwards: warm-up of `diffrs.warmup`
-base trajectories (cached), M/M' at gamma, and `diffrs.num_samples` DiffRS samples with stats.
+classifier); "none" trains a conv head on the pixels.
+Then DiffRS: jaxdiff sample --config sample_digits_diffrs   (loads runs/train_discriminator_digits)
 """
 
 import ml_collections
@@ -26,8 +26,6 @@ def get_config():
     c.fake = dict(num=1440, batch_size=480, steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0)
     c.disc = dict(extractor="none", width=32, depth=2, emb_dim=64)
     c.train = dict(steps=1500, batch_size=64, lr=3e-4, weight_decay=1e-7)
-    c.diffrs = dict(steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0, gamma=0.75,
-                    warmup=256, warmup_batch=128, num_samples=64, batch_size=32, max_iter=105)
     c.num_devices = 0
     c.seed = 0
     c.log_every = 50

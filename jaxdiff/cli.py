@@ -53,17 +53,20 @@ def _select():
 
 def _train_denoiser():
     from jaxdiff.pipelines import train_denoiser
-    return None, train_denoiser.run
+    from jaxdiff.specs import train_denoiser as spec
+    return spec.resolve, train_denoiser.run
 
 
 def _sample():
     from jaxdiff.pipelines import sample
-    return None, sample.run
+    from jaxdiff.specs import sample as spec
+    return spec.resolve, sample.run
 
 
 def _train_discriminator():
     from jaxdiff.pipelines import train_discriminator
-    return None, train_discriminator.run
+    from jaxdiff.specs import train_discriminator as spec
+    return spec.resolve, train_discriminator.run
 
 
 COMMANDS = {

@@ -21,10 +21,14 @@ from jaxdiff.diffusion import gmm as G
 from jaxdiff.diffusion import quality as Q
 from jaxdiff.diffusion import schedules, solvers
 from jaxdiff.diffusion import train as T
-from jaxdiff.pipelines import denoiser_io as io
-from jaxdiff.pipelines import quality_net as QN
+from jaxdiff.diffusion import quality_net as QN
+from jaxdiff.diffusion.saved import load_model
+from jaxdiff.models.denoisers import build_denoiser, denoiser_spec
 from jaxdiff.pipelines import sample as SP
 from jaxdiff.pipelines import train_denoiser as TD
+from jaxdiff.specs.base import SpecError
+from jaxdiff.specs.sample import resolve as resolve_sample
+from jaxdiff.specs.train_denoiser import resolve as resolve_train
 
 
 def _train_cfg(run_dir, **over):
@@ -53,7 +57,7 @@ def _sample_cfg(run_dir, **over):
 def trained(tmp_path_factory):
     """One uninterrupted 6-step run on the 8 fake devices (batch sharded 16 / 8)."""
     run_dir = tmp_path_factory.mktemp("td") / "full"
-    out = TD.run(_train_cfg(run_dir))
+    out = TD.run(resolve_train(_train_cfg(run_dir)))
     return str(run_dir), out
 
 
@@ -84,11 +88,11 @@ def test_train_writes_outputs_and_matches_reference_loop(trained):
     cfg = _train_cfg(run_dir)
     ds = jdata.load("digits", "train", image_size=8)
     k_init, k_loop, _ = jax.random.split(jax.random.key(cfg.seed), 3)
-    spec = io.model_spec(cfg.model, (8, 8, 1), 0)
-    graphdef, state = T.init_train_state(io.build_model(spec, nnx.Rngs(k_init)),
-                                         TD.make_optimizer(cfg.train))
-    step = jax.jit(T.make_train_step(graphdef, TD.make_optimizer(cfg.train), sigma_data=0.75))
-    x_all = io.to_model_space(ds.images)
+    spec = denoiser_spec(cfg.model, (8, 8, 1), 0)
+    tx = T.denoiser_optimizer(cfg.train.lr, cfg.train.warmup_steps, cfg.train.grad_clip)
+    graphdef, state = T.init_train_state(build_denoiser(spec, nnx.Rngs(k_init)), tx)
+    step = jax.jit(T.make_train_step(graphdef, tx, sigma_data=0.75))
+    x_all = jdata.to_model_space(ds.images)
     losses = []
     for s in range(6):
         k_idx, k_step = jax.random.split(jax.random.fold_in(k_loop, s))
@@ -97,7 +101,7 @@ def test_train_writes_outputs_and_matches_reference_loop(trained):
         losses.append(float(m["loss"]))
     np.testing.assert_allclose([r["loss_avg"] for r in rows],
                                [np.mean(losses[i:i + 2]) for i in (0, 2, 4)], rtol=1e-5)
-    m = io.load_model(run_dir)
+    m = load_model(run_dir)
     flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
     np.testing.assert_allclose(flat(m.params), flat(state.params), rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(flat(m.ema), flat(state.ema), rtol=2e-5, atol=1e-6)
@@ -107,13 +111,13 @@ def test_train_writes_outputs_and_matches_reference_loop(trained):
 def test_resume_equals_uninterrupted(trained, tmp_path):
     run_dir, out = trained
     cfg = _train_cfg(tmp_path / "resumed", stop_after=3)
-    part = TD.run(cfg)
+    part = TD.run(resolve_train(cfg))
     assert part == {"stopped_at": 3, "run_dir": str(tmp_path / "resumed")}
     assert not os.path.exists(tmp_path / "resumed" / "model.json")
     with pytest.raises(FileExistsError, match="--resume"):
-        TD.run(_train_cfg(tmp_path / "resumed"))
-    resumed = TD.run(_train_cfg(tmp_path / "resumed", resume=True))
-    a, b = io.load_model(run_dir), io.load_model(str(tmp_path / "resumed"))
+        TD.run(resolve_train(_train_cfg(tmp_path / "resumed")))
+    resumed = TD.run(resolve_train(_train_cfg(tmp_path / "resumed", resume=True)))
+    a, b = load_model(run_dir), load_model(str(tmp_path / "resumed"))
     for x, y in zip(jax.tree.leaves((a.params, a.ema, a.rest)), jax.tree.leaves((b.params, b.ema, b.rest))):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # The interrupted run also logged its last step (3); every other row is identical.
@@ -122,7 +126,7 @@ def test_resume_equals_uninterrupted(trained, tmp_path):
 
 def _per_sample_reference(cfg, n):
     """Sample i alone (batch of 1 at offset i), with the library driver: the contract."""
-    g = SP.gmm_from_config(cfg.gmm)
+    g = SP.mixture(resolve_sample(cfg))
     sig = schedules.karras_sigmas(cfg.solver.steps, cfg.solver.sigma_min, cfg.solver.sigma_max,
                                   cfg.solver.rho)
     key = jax.random.key(cfg.seed)
@@ -140,9 +144,9 @@ def _per_sample_reference(cfg, n):
 
 def test_gmm_sampling_is_device_and_batch_invariant(tmp_path):
     over = {"source": "gmm", "solver.name": "edm_stochastic", "solver.s_churn": 5.0}
-    one = SP.generate(_sample_cfg(tmp_path, num_devices=1, **over))
-    eight = SP.generate(_sample_cfg(tmp_path, num_devices=8, **over))
-    big = SP.generate(_sample_cfg(tmp_path, num_devices=8, batch_size=16, **over))
+    one = SP.generate(resolve_sample(_sample_cfg(tmp_path, num_devices=1, **over)))
+    eight = SP.generate(resolve_sample(_sample_cfg(tmp_path, num_devices=8, **over)))
+    big = SP.generate(resolve_sample(_sample_cfg(tmp_path, num_devices=8, batch_size=16, **over)))
     assert one["mesh_size"] == 1 and eight["mesh_size"] == 8
     assert one["samples"].shape == (20, 4, 4, 1)
     np.testing.assert_array_equal(one["samples"], eight["samples"])
@@ -163,10 +167,10 @@ def test_sample_cli_gmm_writes_outputs(tmp_path):
     assert rc == 0
     z = np.load(tmp_path / "samples.npz")
     assert z["samples"].shape == (16, 4, 4, 1) and z["images"].dtype == np.uint8
-    np.testing.assert_array_equal(z["images"], io.to_uint8(z["samples"]))
+    np.testing.assert_array_equal(z["images"], jdata.model_space_to_uint8(z["samples"]))
     np.testing.assert_array_equal(z["nfe"], 4)
     res = json.loads((tmp_path / "results.json").read_text())
-    g = SP.gmm_from_config(_sample_cfg(tmp_path, source="gmm").gmm)
+    g = SP.mixture(resolve_sample(_sample_cfg(tmp_path, source="gmm")))
     np.testing.assert_allclose(
         res["gmm_mean_log_density"],
         float(jnp.mean(G.log_prob(g, jnp.asarray(z["samples"]).reshape(16, -1)))), rtol=1e-5)
@@ -177,13 +181,13 @@ def test_sample_from_trained_run(trained, tmp_path, monkeypatch, qcache):
     run_dir, _ = trained
     monkeypatch.setenv("JAXDIFF_CACHE_DIR", qcache)
     cfg = _sample_cfg(tmp_path / "out", model_dir=run_dir, num_samples=12)
-    out = SP.run(cfg)
+    out = SP.run(resolve_sample(cfg))
     z = np.load(tmp_path / "out" / "samples.npz")
     assert z["samples"].shape == (12, 8, 8, 1)
     np.testing.assert_array_equal(z["labels"], -1)
     assert out["nfe"] == 5 and os.path.exists(tmp_path / "out" / "samples.png")
     # Oracle: the first batch equals the library driver on the loaded EMA denoiser.
-    m = io.load_model(run_dir)
+    m = load_model(run_dir)
     sig = schedules.karras_sigmas(3, 0.002, 80.0, 7.0)
     key = jax.random.key(cfg.seed)
     x_T = solvers.prior_sample(key, (8, 8, 8, 1), sig[0])
@@ -204,7 +208,7 @@ def test_quality_net_cache_and_figures(tmp_path, monkeypatch):
     for a, b in zip(jax.tree.leaves(net), jax.tree.leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     test = jdata.load("digits", "test", image_size=8)
-    real = io.to_model_space(test.images)
+    real = jdata.to_model_space(test.images)
     samples = real[:40] + 0.3 * np.random.default_rng(0).standard_normal(real[:40].shape).astype(np.float32)
     labels = test.labels[:40]
     r = QN.sample_quality(samples, real, net, labels)
@@ -226,25 +230,25 @@ def test_quality_net_cache_and_figures(tmp_path, monkeypatch):
 
 
 def test_bad_configs_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="unknown solver 'rk45'"):
-        SP.run(_sample_cfg(tmp_path, source="gmm", **{"solver.name": "rk45"}))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        SP.run(_sample_cfg(tmp_path, model_dir=str(tmp_path / "nope")))
+    with pytest.raises(ValueError, match="'solver.name' = 'rk45' is not one of"):
+        SP.run(resolve_sample(_sample_cfg(tmp_path, source="gmm", **{"solver.name": "rk45"})))
+    with pytest.raises(SpecError, match="'model_dir': model run directory .* does not exist"):
+        SP.run(resolve_sample(_sample_cfg(tmp_path, model_dir=str(tmp_path / "nope"))))
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="model.json missing"):
-        SP.run(_sample_cfg(tmp_path, model_dir=str(tmp_path / "empty")))
-    with pytest.raises(ValueError, match="'batch_size' = 12 must be a positive multiple"):
-        SP.generate(_sample_cfg(tmp_path, source="gmm", batch_size=12))
+    with pytest.raises(SpecError, match="model.json missing"):
+        SP.run(resolve_sample(_sample_cfg(tmp_path, model_dir=str(tmp_path / "empty"))))
+    with pytest.raises(ValueError, match="'batch_size' = 12 must be a multiple"):
+        SP.generate(resolve_sample(_sample_cfg(tmp_path, source="gmm", batch_size=12)))
     with pytest.raises(ValueError, match="'guidance.name' = 'nonexistent'"):
-        SP.run(_sample_cfg(tmp_path, source="gmm", **{"guidance.name": "nonexistent"}))
+        SP.run(resolve_sample(_sample_cfg(tmp_path, source="gmm", **{"guidance.name": "nonexistent"})))
     with pytest.raises(ValueError, match="'labels' = 7 outside"):
-        SP.generate(_sample_cfg(tmp_path, source="gmm", labels="7"))
+        SP.generate(resolve_sample(_sample_cfg(tmp_path, source="gmm", labels="7")))
     with pytest.raises(ValueError, match="'source' = 'vae'"):
-        SP.run(_sample_cfg(tmp_path, source="vae"))
+        SP.run(resolve_sample(_sample_cfg(tmp_path, source="vae")))
     with pytest.raises(ValueError, match="'model.name' = 'dit'"):
-        TD.run(_train_cfg(tmp_path / "t", **{"model.name": "dit"}))
+        TD.run(resolve_train(_train_cfg(tmp_path / "t", **{"model.name": "dit"})))
     with pytest.raises(ValueError, match="'train.batch_size' = 12 must be a multiple"):
-        TD.run(_train_cfg(tmp_path / "t", **{"train.batch_size": 12}))
+        TD.run(resolve_train(_train_cfg(tmp_path / "t", **{"train.batch_size": 12})))
 
 
 @pytest.mark.slow
@@ -256,12 +260,12 @@ def test_conditional_unet_run_and_labelled_sampling(tmp_path, monkeypatch, qcach
         "model.name": "unet", "model.base_channels": 8, "model.attention": False,
         "train.steps": 2, "train.batch_size": 8, "sample.every": 0, "sample.num": 10,
         "sample.solver": "euler"})
-    out = TD.run(cfg)
+    out = TD.run(resolve_train(cfg))
     assert out["model"]["num_classes"] == 10 and out["model"]["name"] == "unet"
-    m = io.load_model(str(tmp_path / "cond"))
+    m = load_model(str(tmp_path / "cond"))
     assert m.graphdef is not None and m.num_classes == 10
-    res = SP.run(_sample_cfg(tmp_path / "s", model_dir=str(tmp_path / "cond"), num_samples=10,
-                             batch_size=10, num_devices=1, **{"solver.name": "euler"}))
+    res = SP.run(resolve_sample(_sample_cfg(tmp_path / "s", model_dir=str(tmp_path / "cond"), num_samples=10,
+                             batch_size=10, num_devices=1, **{"solver.name": "euler"})))
     z = np.load(tmp_path / "s" / "samples.npz")
     np.testing.assert_array_equal(z["labels"], np.arange(10))
     assert res["nfe"] == 3

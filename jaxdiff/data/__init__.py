@@ -24,13 +24,15 @@ from jaxdiff.data.registry import (
     with_stats,
 )
 from jaxdiff.data.sources import Dataset, load
-from jaxdiff.data.transforms import (denormalize, normalize, normalize_with, resize_bilinear,
-                                     to_display)
+from jaxdiff.data.transforms import (MODEL_SPACE, denormalize, model_space_to_display,
+                                     model_space_to_uint8, normalize, normalize_with,
+                                     resize_bilinear, to_display, to_model_space)
 from jaxdiff.data.zca import ZCA, fit_zca, zca_apply, zca_invert
 
 __all__ = [
     "DATASET_NAMES", "DIGITS_SPLIT_SEED", "SPLITS", "STATS", "ZCA", "Dataset",
     "DatasetInfo", "DatasetNotFoundError", "Located", "Stats", "candidate_dirs", "class_indices",
-    "denormalize", "digits_split_indices", "fit_zca", "get_info", "load", "locate", "normalize", "normalize_with",
+    "MODEL_SPACE", "denormalize", "model_space_to_display", "model_space_to_uint8",
+    "to_model_space", "digits_split_indices", "fit_zca", "get_info", "load", "locate", "normalize", "normalize_with",
     "resize_bilinear", "sample_per_class", "to_display", "with_stats", "zca_apply", "zca_invert",
 ]

@@ -103,3 +103,26 @@ def to_display(x, info: DatasetInfo | None = None, *, stats=None):
     """`denormalize` then clip to [0, 1]: float32 images ready for plotting/saving."""
     y = denormalize(x, info, stats=stats)
     return _xp(y).clip(y, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ diffusion model space
+MODEL_SPACE = "x = uint8 / 127.5 - 1 (pixels in [-1, 1])"
+
+
+def to_model_space(images):
+    """`[..., C] uint8 -> float32` in [-1, 1] (`uint8 / 127.5 - 1`), the EDM/DDPM data space the
+    diffusion models work in. NumPy in, NumPy out; `jax.Array` in, `jax.Array` out."""
+    xp = _xp(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"to_model_space expects uint8 images, got dtype {images.dtype}")
+    return images.astype(xp.float32) / xp.float32(127.5) - xp.float32(1.0)
+
+
+def model_space_to_display(x) -> np.ndarray:
+    """Model-space images `[N, H, W, C]` -> float32 `[0, 1]` (clipped) NumPy, for PNG grids."""
+    return np.clip((np.asarray(x, np.float32) + 1.0) * 0.5, 0.0, 1.0)
+
+
+def model_space_to_uint8(x) -> np.ndarray:
+    """Model-space images -> uint8 (rounded, clipped)."""
+    return np.round(model_space_to_display(x) * 255.0).astype(np.uint8)

@@ -46,7 +46,7 @@ from jaxdiff.diffusion import solvers as S
 from jaxdiff.diffusion.lookahead import (
     Cost,
     LookaheadSet,
-    _check_x,
+    check_particles,
     check_lam,
     check_lookahead_set,
     efr_shift,
@@ -191,7 +191,7 @@ def lidar_sample(
     """
     check_lookahead_set(look)
     check_lam(lam)
-    _check_x(x_T, look)
+    check_particles(x_T, look)
     den = lidar_denoiser(denoise, look, lam, scale, window)
     x, aux = S.sample(_solver(solver), den, x_T, sigmas, key, cond, offset=offset)
     n = x_T.shape[0]

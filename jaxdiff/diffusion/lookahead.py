@@ -184,7 +184,9 @@ def check_lam(lam) -> jax.Array:
     return jnp.asarray(lam, jnp.float32)
 
 
-def _check_x(x, look: LookaheadSet):
+def check_particles(x, look: LookaheadSet):
+    """`x` as an array `[N, *sample_shape]` of the lookahead set's sample shape (ValueError
+    otherwise)."""
     x = jnp.asarray(x)
     if x.ndim < 1 or x.shape[1:] != look.samples.shape[1:]:
         raise ValueError(
@@ -215,7 +217,7 @@ def efr_logits(x, sigma, look: LookaheadSet, *, alpha=1.0):
     With `y = x - alpha c`, `z_i = xhat_i - c`: `a_i = (alpha <y, z_i> - alpha**2 ||z_i||**2 / 2)
     / sigma**2` up to the dropped term.
     """
-    x = _check_x(x, look)
+    x = check_particles(x, look)
     N = x.shape[0]
     sigma = _per_sample(sigma, N)
     alpha = _per_sample(alpha, N)
@@ -247,7 +249,7 @@ def efr_shift(x, sigma, look: LookaheadSet, lam, *, alpha=1.0) -> jax.Array:
     This is `sigma**2 / alpha * grad_x rhat`; in VE form (alpha = 1) it is the exact change of the
     denoiser's output under the score shift `grad rhat` (`D' = D + sigma**2 * grad`).
     """
-    x = _check_x(x, look)
+    x = check_particles(x, look)
     a, ar = _weights(x, sigma, look, lam, alpha)
     dw = jax.nn.softmax(ar, axis=-1) - jax.nn.softmax(a, axis=-1)  # [N, n], rows sum to 0
     z = look.samples.reshape(look.size, -1).astype(jnp.float32) - look.center
@@ -258,7 +260,7 @@ def efr_shift(x, sigma, look: LookaheadSet, lam, *, alpha=1.0) -> jax.Array:
 def efr_grad(x, sigma, look: LookaheadSet, lam, *, alpha=1.0) -> jax.Array:
     """Closed-form `grad_x rhat = (alpha / sigma**2) sum_i (w^r_i - w_i) xhat_i`: `[N, ...]`,
     `x.dtype`. Equals `jax.grad` of `efr_estimate` (tested) without any network backprop."""
-    x = _check_x(x, look)
+    x = check_particles(x, look)
     N = x.shape[0]
     coef = _per_sample(alpha, N) / jnp.square(_per_sample(sigma, N))
     shift = efr_shift(x, sigma, look, lam, alpha=alpha).astype(jnp.float32)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxdiff.data.transforms import to_model_space
 from jaxdiff.diffusion.denoiser import edm_denoiser
 from jaxdiff.diffusion.schedules import broadcast_like
 
@@ -199,3 +200,77 @@ def train_loop(step: Callable, state: TrainState, data: jax.Array, key, *, num_s
         return step(state, data[idx], k_step, lab, ema_decay)
 
     return jax.lax.scan(body, state, None, length=num_steps)
+
+
+# --------------------------------------------------------------------------------------------
+# The data-parallel loop step of `jaxdiff train-denoiser`
+# --------------------------------------------------------------------------------------------
+
+
+def denoiser_optimizer(lr: float, warmup_steps: int = 0,
+                       grad_clip: float = 0.0) -> optax.GradientTransformation:
+    """Adam with a linear warm-up to `lr` over `warmup_steps`, after global-norm clipping at
+    `grad_clip` (0 = no clipping)."""
+    if lr <= 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    sched = optax.linear_schedule(0.0, lr, warmup_steps) if warmup_steps > 0 else lr
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    return optax.chain(*parts, optax.adam(sched))
+
+
+def ema_decay_at(step, decay, warmup: bool):
+    """EMA decay of update `step` (0-based): `min(decay, (1 + s) / (10 + s))` with warm-up (so
+    short runs are not dominated by the initial weights), else `decay`. Traced."""
+    decay = jnp.asarray(decay, jnp.float32)
+    if not warmup:
+        return decay
+    s = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + s) / (10.0 + s))
+
+
+class LoopState(NamedTuple):
+    """`jaxdiff train-denoiser`'s loop state (field names as the checkpoints store them):
+    `train` (a `TrainState`), `key` (uint32 key data of the run), `loss_sum` (losses since the
+    last log step)."""
+
+    train: TrainState
+    key: jax.Array
+    loss_sum: jax.Array
+
+
+def make_loop_step(graphdef, tx: optax.GradientTransformation, *, batch_size: int,
+                   sigma_data: float, p_mean: float, p_std: float, label_dropout: float,
+                   null_label: int | None, ema_decay: float, ema_warmup: bool, log_every: int,
+                   batch_sharding=None) -> Callable:
+    """`step(state: LoopState, step, images_u8 [M, H, W, C], labels [M]) -> (state, metrics)`.
+
+    Step s uses `fold_in(key, s)`: batch indices drawn with replacement (as `train_loop`), then
+    the EDM sigma/noise and label-dropout keys; images go to model space on device. With
+    `batch_sharding` the batch is the only sharded operand: each device runs its slice of the
+    forward and backward pass and XLA all-reduces the gradients of the replicated parameters.
+    Metric `loss_avg` is the mean loss since the last log step (`loss` is this step's, noisy).
+    `null_label` None: unconditional (labels ignored).
+    """
+    conditional = null_label is not None
+    base = make_train_step(graphdef, tx, sigma_data=sigma_data, p_mean=p_mean, p_std=p_std,
+                           label_dropout=label_dropout if conditional else 0.0,
+                           null_label=null_label)
+    log_every = max(int(log_every), 1)
+    constrain = ((lambda x: jax.lax.with_sharding_constraint(x, batch_sharding))
+                 if batch_sharding is not None else (lambda x: x))
+
+    def step(state: LoopState, step_idx, images, labels):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), step_idx)
+        k_idx, k_step = jax.random.split(key)
+        idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
+        x0 = constrain(to_model_space(images[idx]))
+        lab = constrain(labels[idx]) if conditional else None
+        decay = ema_decay_at(step_idx, ema_decay, ema_warmup)
+        train, metrics = base(state.train, x0, k_step, lab, decay)
+        phase = step_idx % log_every
+        loss_sum = jnp.where(phase == 0, 0.0, state.loss_sum) + metrics["loss"]
+        return LoopState(train, state.key, loss_sum), {
+            **metrics, "loss_avg": loss_sum / (phase + 1).astype(jnp.float32),
+            "ema_decay": decay}
+
+    return step

@@ -39,10 +39,8 @@ jitted functions as an argument: `jax.jit(lambda net, x: net.log_prob(x, y))(net
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import jax
@@ -52,11 +50,14 @@ import optax
 from flax import nnx
 
 from jaxdiff import data as jdata
+from jaxdiff.batching import epoch_batches, num_batches
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.data.cache import cache_dir
+from jaxdiff.data.transforms import to_model_space
 from jaxdiff.diffusion.quality import frechet_distance_from_features
-from jaxdiff.models.convnet import ConvNet, convnet_depth_for
-from jaxdiff.pipelines.denoiser_io import to_model_space
+from jaxdiff.files import atomic_write_json, fingerprint
+from jaxdiff.models.convnet import convnet_depth_for
+from jaxdiff.models.quality_classifier import QualityClassifier
 
 QUALITY_NET_FORMAT = 1  # bump when the network or its training changes meaning
 
@@ -93,29 +94,12 @@ class QualityNetSpec:
         return {"format": QUALITY_NET_FORMAT, **d}
 
 
-class QualityClassifier(nnx.Module):
-    """ConvNet body -> Linear(feature_dim) -> ReLU (features) -> Linear(num_classes) (logits)."""
-
-    def __init__(self, rngs: nnx.Rngs, *, in_channels: int, num_classes: int, image_size: int,
-                 depth: int, width: int, feature_dim: int):
-        self.body = ConvNet(rngs, in_channels=in_channels, num_classes=feature_dim,
-                            image_size=image_size, depth=depth, width=width,
-                            norm="instancenorm")
-        self.head = nnx.Linear(feature_dim, num_classes, rngs=rngs)
-
-    def features(self, x):
-        return jax.nn.relu(self.body(x))
-
-    def __call__(self, x):
-        return self.head(self.features(x))
-
-
 @jax.tree_util.register_pytree_node_class
 class QualityNet:
     """A trained quality classifier (a pytree: `params`, `rest` are leaves).
 
     Inputs of every method are model-space images `x: [N, H, W, C]` float in [-1, 1]
-    (`denoiser_io.to_model_space`), `H = W = spec.image_size`.
+    (`jaxdiff.data.to_model_space`), `H = W = spec.image_size`.
 
     Attributes:
       spec: the `QualityNetSpec`.
@@ -168,8 +152,7 @@ def _make_model(spec: QualityNetSpec, image_shape, num_classes, key):
 
 def cache_entry(spec: QualityNetSpec) -> Path:
     """The cache directory of `spec` (it may not exist yet)."""
-    blob = json.dumps(spec.key(), sort_keys=True)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    digest = fingerprint(spec.key(), 12)
     return (cache_dir() / "quality_net"
             / f"{spec.dataset}-{spec.image_size or 'native'}px-s{spec.seed}-{digest}")
 
@@ -188,8 +171,8 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False) -> Qualit
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(spec.lr)
     n = len(train.labels)
-    batch = min(spec.batch_size, n)
-    steps_per_epoch = n // batch  # drop the ragged tail: fixed shapes, every image seen over epochs
+    # drop the ragged tail (jaxdiff.batching): fixed shapes, every image seen over the epochs
+    steps_per_epoch, batch = num_batches(n, spec.batch_size, drop_remainder=True)
     total = spec.epochs * steps_per_epoch
 
     def loss_fn(p, x, y):
@@ -201,8 +184,8 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False) -> Qualit
         def step(carry, t):
             params, opt = carry
             e, s = t // steps_per_epoch, t % steps_per_epoch
-            perm = jax.random.permutation(jax.random.fold_in(k_data, e), n)
-            idx = jax.lax.dynamic_slice_in_dim(perm, s * batch, batch)
+            idx = epoch_batches(jax.random.fold_in(k_data, e), n, batch,
+                                drop_remainder=True)[0][s]
             x = to_model_space(x_all[idx])  # uint8 on device: a quarter of float32's memory
             loss, g = jax.value_and_grad(loss_fn)(params, x, y_all[idx])
             upd, opt = tx.update(g, opt, params)
@@ -238,10 +221,8 @@ def get_quality_net(spec: QualityNetSpec, *, progress: bool = False) -> QualityN
     with Checkpointer(entry / "checkpoint", max_to_keep=1) as ck:
         ck.save(0, {"params": net.params, "rest": net.rest}, wait=True)
     # The JSON marks the entry complete; it is written last, atomically.
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"spec": spec.key(), "test_accuracy": net.test_accuracy,
-                               "num_classes": net.num_classes}, indent=2))
-    os.replace(tmp, meta_path)
+    atomic_write_json(meta_path, {"spec": spec.key(), "test_accuracy": net.test_accuracy,
+                                  "num_classes": net.num_classes})
     return net
 
 
