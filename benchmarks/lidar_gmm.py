@@ -63,7 +63,7 @@ def prompt_reward(g):
     """`reward(x [n, D], label) -> [n]`, the log class posterior (vmappable over the label)."""
 
     def reward(x, label):
-        logits, _, _ = G._component_terms(g, x, jnp.zeros((x.shape[0],)), None)
+        logits, _, _ = G.component_terms(g, x, jnp.zeros((x.shape[0],)), None)
         logp = jax.nn.log_softmax(logits, axis=-1)  # one component per class
         return jnp.take_along_axis(logp, jnp.broadcast_to(label, (x.shape[0], 1)), 1)[:, 0]
 
@@ -71,7 +71,7 @@ def prompt_reward(g):
 
 
 def accuracy(g, x, labels):
-    logits, _, _ = G._component_terms(g, x.reshape(-1, D), jnp.zeros((x.size // D,)), None)
+    logits, _, _ = G.component_terms(g, x.reshape(-1, D), jnp.zeros((x.size // D,)), None)
     pred = jnp.argmax(logits, -1).reshape(x.shape[:-1])
     return jnp.mean(pred == labels[:, None])
 

@@ -140,17 +140,17 @@ def numpy_peak_bytes(fn, *args) -> int:
 
 def compile_lcmat(labels, x, z, num_classes, fraction, greedy):
     data = (jnp.asarray(x), jnp.asarray(z))
-    prep = M._prepare(M._lcmat_kernel, None, labels, num_classes, fraction, data,
+    prep = M.prepare_classes(M.lcmat_kernel, None, labels, num_classes, fraction, data,
                       config=(K, greedy, False, BATCH, 256),
                       params={"eps": jnp.float32(EPS), "constant": jnp.float32(CONST)})
     t0 = time.perf_counter()
-    compiled = M._run_classes.lower(*prep.args, **prep.static).compile()
+    compiled = M.run_classes.lower(*prep.args, **prep.static).compile()
     compile_s = time.perf_counter() - t0
     dyn = jax.block_until_ready(prep.args[2:])
 
     def run(*args):
         glob, w, info = compiled(*args)
-        return M._assemble(prep, glob, w, info)
+        return M.assemble_selection(prep, glob, w, info)
 
     return run, dyn, compile_s, compiled
 

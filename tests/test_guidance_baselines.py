@@ -30,7 +30,7 @@ SIG = sch.karras_sigmas(6, 0.01)  # 6 steps, the last to sigma = 0
 def _posterior_cov(g, x, sigma):
     """Exact Cov[x0 | x] of a diagonal mixture: sum_k r_k (C_k + m_k m_k^T) - m m^T, with
     C_k = v_k s^2/(v_k + s^2), m_k = mu_k + v_k/(v_k + s^2) (x - mu_k)."""
-    logits, _, _ = G._component_terms(g, x, sigma, None)
+    logits, _, _ = G.component_terms(g, x, sigma, None)
     resp = jax.nn.softmax(logits, -1)  # [N, K]
     v, s2 = g.variances[None], jnp.square(sigma)[:, None, None]
     m_k = g.means[None] + v / (v + s2) * (x[:, None] - g.means[None])

@@ -234,13 +234,13 @@ def test_lcmat_s_lazy_equals_naive_and_constant_invariance(data):
 def test_lcmat_s_hyperparameters_do_not_recompile(data, monkeypatch):
     labels, x, logits = data
     traces = []
-    kernel = M._lcmat_kernel
+    kernel = M.lcmat_kernel
 
     def counting_kernel(*args):
         traces.append(1)
         return kernel(*args)
 
-    monkeypatch.setattr(M, "_lcmat_kernel", counting_kernel)
+    monkeypatch.setattr(M, "lcmat_kernel", counting_kernel)
     for eps, const in [(0.01, 10.0), (0.5, 20.0), (2.0, 5.0)]:
         M.lcmat_s(None, labels, C, 0.2, embeddings=x, logits=logits, num_coords=8, eps=eps,
                   constant=const, batch_size=16)

@@ -111,7 +111,7 @@ def _per_sample_sigma(sigma, n, dtype):
     return sigma
 
 
-def _component_terms(gmm: GaussianMixture, x_flat, sigma, cond):
+def component_terms(gmm: GaussianMixture, x_flat, sigma, cond):
     """Per-component log joint `log w_k + log N(x; mu_k, v_k + s^2)`: `[N, K]`, the differences
     `x - mu_k` and the precisions `1 / (v_k + s^2)` (`[N, K, D]`).
 
@@ -147,7 +147,7 @@ def log_prob(gmm: GaussianMixture, x, sigma=0.0, cond=None) -> jax.Array:
     """
     xf = _flatten(gmm, x)
     sigma = _per_sample_sigma(sigma, xf.shape[0], xf.dtype)
-    logits, _, _ = _component_terms(gmm, xf, sigma, cond)
+    logits, _, _ = component_terms(gmm, xf, sigma, cond)
     lp = jax.nn.logsumexp(logits, axis=-1)
     if cond is not None:
         # Renormalise the weights within the class: log p(x | c) = lse_k(log w_k + log N_k) over
@@ -165,7 +165,7 @@ def posterior_mean(gmm: GaussianMixture, x, sigma, cond=None) -> jax.Array:
     """
     xf = _flatten(gmm, x)
     sigma = _per_sample_sigma(sigma, xf.shape[0], xf.dtype)
-    logits, diff, prec = _component_terms(gmm, xf, sigma, cond)
+    logits, diff, prec = component_terms(gmm, xf, sigma, cond)
     resp = jax.nn.softmax(logits, axis=-1)  # [N, K]
     comp_mean = gmm.means[None] + (gmm.variances[None] * prec) * diff  # [N, K, D]
     out = jnp.sum(resp[:, :, None] * comp_mean, axis=1)
@@ -177,7 +177,7 @@ def score(gmm: GaussianMixture, x, sigma, cond=None) -> jax.Array:
     """Exact score `grad_x log p_sigma(x)`, same shape as `x` (finite at sigma = 0)."""
     xf = _flatten(gmm, x)
     sigma = _per_sample_sigma(sigma, xf.shape[0], xf.dtype)
-    logits, diff, prec = _component_terms(gmm, xf, sigma, cond)
+    logits, diff, prec = component_terms(gmm, xf, sigma, cond)
     resp = jax.nn.softmax(logits, axis=-1)
     out = jnp.sum(resp[:, :, None] * (-diff * prec), axis=1)
     return out.reshape(jnp.shape(x))

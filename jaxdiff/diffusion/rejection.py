@@ -59,6 +59,7 @@ so the results are those of one device.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -71,8 +72,8 @@ import numpy as np
 from jax import lax
 
 from jaxdiff.diffusion.schedules import broadcast_like
-from jaxdiff.files import fingerprint
-from jaxdiff.diffusion.solvers import check_sigmas, heun, sample
+from jaxdiff.diffusion.solvers import check_sigmas, heun, heun_update, sample
+from jaxdiff.files import atomic_savez, atomic_write_json, canonical_json, fingerprint
 
 _INT_MAX = np.iinfo(np.int32).max
 
@@ -220,7 +221,7 @@ def load_or_compute(cache_dir: str, key: dict, compute: Callable[[], dict]) -> d
         raise ValueError("key must be a non-empty dict describing what the cache depends on")
     os.makedirs(cache_dir, exist_ok=True)
     stem = os.path.join(cache_dir, f"{key.get('name', 'warmup')}-{cache_key_hash(key)}")
-    canon = json.loads(json.dumps(key, sort_keys=True, default=str))
+    canon = json.loads(canonical_json(key))
     if os.path.exists(stem + ".npz") and os.path.exists(stem + ".json"):
         with open(stem + ".json") as f:
             stored = json.load(f)
@@ -229,12 +230,8 @@ def load_or_compute(cache_dir: str, key: dict, compute: Callable[[], dict]) -> d
         with np.load(stem + ".npz") as z:
             return {k: z[k] for k in z.files}
     out = {k: np.asarray(v) for k, v in compute().items()}
-    tmp = stem + ".tmp.npz"
-    np.savez(tmp, **out)
-    os.replace(tmp, stem + ".npz")
-    with open(stem + ".json.tmp", "w") as f:
-        json.dump(canon, f, indent=2, sort_keys=True)
-    os.replace(stem + ".json.tmp", stem + ".json")
+    atomic_savez(stem + ".npz", **out)
+    atomic_write_json(stem + ".json", canon, sort_keys=True)   # written last: marks it complete
     return out
 
 
@@ -289,13 +286,13 @@ class DiffRSInfo(NamedTuple):
 
 
 class _Stats(NamedTuple):
-    tt: jax.Array
-    ta: jax.Array
-    mt: jax.Array
-    ma: jax.Array
-    pt: jax.Array
-    pa: jax.Array
-    depth: jax.Array
+    tt: jax.Array           # [N + 1] transition tests per index
+    ta: jax.Array           # [N + 1] transition accepts
+    mt: jax.Array           # [N + 1] marginal (cascade) tests
+    ma: jax.Array           # [N + 1] marginal accepts
+    pt: jax.Array           # prior tests
+    pa: jax.Array           # prior accepts
+    depth: jax.Array        # [N + 1] cascades by depth
     restarts: jax.Array
     alg_nfe: jax.Array
     exe_nfe: jax.Array
@@ -316,6 +313,259 @@ class _State(NamedTuple):
     out: jax.Array  # [num_samples, ...]
     out_nfe: jax.Array  # [num_samples] int32
     stats: _Stats
+
+
+class _Pool(NamedTuple):
+    """What every phase reads besides the state: the models, the grid and tables, the static
+    shapes and the per-sample randomness (`key`, `offset`: sample i is `fold_in(key, offset + i)`).
+    Built once per `diffrs_sample` call inside the trace."""
+
+    denoise: Callable
+    disc_logit: Callable
+    sigmas: jax.Array      # [N + 1]
+    log_m: jax.Array       # [N + 1]
+    log_mp: jax.Array      # [N + 1]
+    key: jax.Array
+    offset: jax.Array
+    labels: jax.Array | None
+    max_iter: jax.Array
+    num_samples: int
+    batch_size: int
+    sample_shape: tuple
+    dtype: Any
+    sharding: Any
+
+    @property
+    def n(self) -> int:
+        return self.sigmas.shape[0] - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Pool helpers: per-sample randomness, conditioning, placement, the two models
+# --------------------------------------------------------------------------------------------
+
+
+def _sample_keys(p: _Pool, sid):
+    gid = (sid + p.offset).astype(jnp.uint32)
+    return jax.vmap(lambda i: jax.random.fold_in(p.key, i))(gid)
+
+
+def _prior_draw(p: _Pool, sid, ctr):
+    """`sigma_0 * normal(fold_in(sample_key, ctr))` per slot: a fresh prior draw."""
+    ks = _sample_keys(p, sid)
+    eps = jax.vmap(lambda k, c: jax.random.normal(jax.random.fold_in(k, c), p.sample_shape,
+                                                  p.dtype))(ks, ctr)
+    return eps * p.sigmas[0]
+
+
+def _event(p: _Pool, sid, ctr):
+    """`(log u [B], eps [B, ...])` of each slot's current event (module docstring)."""
+    def one(k, c):
+        ek = jax.random.fold_in(k, c)
+        u = jax.random.uniform(jax.random.fold_in(ek, 0), (), jnp.float32)
+        eps = jax.random.normal(jax.random.fold_in(ek, 1), p.sample_shape, p.dtype)
+        return jnp.log(u), eps
+
+    return jax.vmap(one)(_sample_keys(p, sid), ctr)
+
+
+def _cond_of(p: _Pool, sid):
+    return None if p.labels is None else p.labels[jnp.clip(sid, 0, p.num_samples - 1)]
+
+
+def _pin(p: _Pool, a):
+    """Constrain pool-axis arrays (a pytree; None passes) to the pool's sharding."""
+    if p.sharding is None:
+        return a
+    return jax.tree.map(lambda v: lax.with_sharding_constraint(v, p.sharding), a)
+
+
+def _pin_state(p: _Pool, st: _State) -> _State:
+    return st._replace(x=_pin(p, st.x), idx=_pin(p, st.idx), lprev=_pin(p, st.lprev),
+                       nfe=_pin(p, st.nfe), sid=_pin(p, st.sid), ctr=_pin(p, st.ctr))
+
+
+def _den(p: _Pool, x, sigma, c):
+    out = p.denoise(*_pin(p, (x, sigma, c)))
+    shape = (p.batch_size, *p.sample_shape)
+    if jnp.shape(out) != shape or jnp.result_type(out) != jnp.dtype(p.dtype):
+        raise ValueError(f"denoiser returned {jnp.shape(out)} {jnp.result_type(out)} for x "
+                         f"{shape} {jnp.dtype(p.dtype)}")
+    return out
+
+
+def _disc(p: _Pool, x, sigma, c):
+    out = jnp.asarray(p.disc_logit(*_pin(p, (x, sigma, c))))
+    if out.size != p.batch_size:
+        raise ValueError(f"disc_logit must return [B]={p.batch_size} logits, got shape "
+                         f"{out.shape}")
+    return out.reshape(p.batch_size).astype(jnp.float32)
+
+
+def _active(p: _Pool, st: _State):
+    return st.sid < p.num_samples
+
+
+def _where(m, a, b):
+    return jnp.where(broadcast_like(m, a), a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# The phases of one outer round (diffrs.md §8: (b) step, (c) cascade, (d) budget, (e) harvest,
+# then (a) prior tests for the next round)
+# --------------------------------------------------------------------------------------------
+
+
+def prior_phase(p: _Pool, st: _State) -> _State:
+    """(a) Prior tests (diffrs.md §4.3): every slot at idx 0 is tested,
+    `log u < l(x_0) - log M[0]`, and on rejection replaced by fresh noise `sigma_0 eps` and
+    re-tested until accepted; an accept sets `lprev = l(x_0)`."""
+    B, i32, s0 = p.batch_size, jnp.int32, p.sigmas[0]
+
+    def body(c):
+        st, pending = _pin_state(p, c[0]), _pin(p, c[1])
+        logit = _disc(p, st.x, jnp.broadcast_to(s0, (B,)), _cond_of(p, st.sid))
+        logu, eps = _event(p, st.sid, st.ctr)
+        acc = logu < logit - p.log_m[0]
+        rej, ok = pending & ~acc, pending & acc
+        stats = st.stats._replace(
+            pt=st.stats.pt + jnp.sum(pending, dtype=i32), pa=st.stats.pa + jnp.sum(ok, dtype=i32),
+            disc_alg=st.stats.disc_alg + jnp.sum(pending, dtype=i32),
+            disc_exe=st.stats.disc_exe + B)
+        st = st._replace(x=_where(rej, eps * s0, st.x), lprev=jnp.where(ok, logit, st.lprev),
+                         ctr=st.ctr + pending.astype(jnp.uint32), stats=stats)
+        return st, rej
+
+    pending0 = _pin(p, _active(p, st) & (st.idx == 0))
+    st, _ = lax.while_loop(lambda c: jnp.any(c[1]), body, (st, pending0))
+    return st
+
+
+def step_phase(p: _Pool, st: _State) -> _State:
+    """(b) One Heun step for every active slot, each at its own grid index idx -> idx + 1
+    (`solvers.heun_update` with per-slot sigmas; the second evaluation runs, on the whole
+    pool, only if some active slot is not on its final step; diffrs.md §6 counts)."""
+    active = _active(p, st)
+    i = jnp.clip(st.idx, 0, p.n - 1)
+    s, s_next = p.sigmas[i], p.sigmas[i + 1]
+    need2 = active & (s_next > 0)
+    x_new, _ = heun_update(functools.partial(_den, p), st.x, s, s_next, _cond_of(p, st.sid),
+                           needs_correction=need2)
+    i32 = jnp.int32
+    per = active.astype(i32) * (1 + need2.astype(i32))
+    stats = st.stats._replace(
+        alg_nfe=st.stats.alg_nfe + jnp.sum(per),
+        exe_nfe=st.stats.exe_nfe + p.batch_size * (1 + jnp.any(need2).astype(i32)))
+    return st._replace(x=_where(active, x_new, st.x), idx=st.idx + active.astype(i32),
+                       nfe=st.nfe + per, stats=stats)
+
+
+def cascade_phase(p: _Pool, st: _State) -> _State:
+    """(c) The rejection cascade (diffrs.md §4.1-4.2): the first test of a slot after its step
+    is the transition test `log u < l(x_idx) - lprev - log M'[idx]`; a rejection re-noises one
+    level, `x += sqrt(sigma_{idx-1}^2 - sigma_idx^2) eps`, idx -= 1, followed by marginal tests
+    `log u < l(x_idx) - log M[idx]` until accepted or idx = 0 (left to the prior test)."""
+    start = st.idx
+
+    def body(c):
+        st, pending, first = _pin_state(p, c[0]), _pin(p, c[1]), _pin(p, c[2])
+        i = jnp.clip(st.idx, 0, p.n)
+        s = p.sigmas[i]
+        logit = _disc(p, st.x, s, _cond_of(p, st.sid))
+        logu, eps = _event(p, st.sid, st.ctr)
+        acc = logu < logit - jnp.where(first, st.lprev + p.log_mp[i], p.log_m[i])
+        ok, rej = pending & acc, pending & ~acc
+        s_prev = p.sigmas[jnp.clip(i - 1, 0, p.n)]
+        step_std = jnp.sqrt(jnp.maximum(jnp.square(s_prev) - jnp.square(s), 0.0))
+        x = _where(rej, st.x + broadcast_like(step_std, st.x) * eps, st.x)
+        idx = st.idx - rej.astype(jnp.int32)
+        ended = ok | (rej & (idx == 0))
+        stats = _cascade_stats(p, st.stats, i, pending, first, ok, ended,
+                               depth=jnp.where(ended, start - idx, p.n + 1))
+        st = st._replace(x=x, idx=idx, lprev=jnp.where(ok, logit, st.lprev),
+                         ctr=st.ctr + pending.astype(jnp.uint32), stats=stats)
+        return st, pending & ~ended, first & ~pending
+
+    pending0 = _pin(p, _active(p, st))
+    st, _, _ = lax.while_loop(lambda c: jnp.any(c[1]), body, (st, pending0, pending0))
+    return st
+
+
+def _cascade_stats(p: _Pool, stats: _Stats, i, pending, first, ok, ended, depth) -> _Stats:
+    """Counts of one cascade round: tests/accepts per index by kind, cascade depths (index
+    n + 1 = still running: dropped), discriminator calls."""
+    i32 = jnp.int32
+    onehot = lambda m: jnp.zeros((p.n + 1,), i32).at[i].add(m.astype(i32))  # noqa: E731
+    return stats._replace(
+        tt=stats.tt + onehot(pending & first), ta=stats.ta + onehot(ok & first),
+        mt=stats.mt + onehot(pending & ~first), ma=stats.ma + onehot(ok & ~first),
+        depth=stats.depth.at[depth].add(1, mode="drop"),
+        disc_alg=stats.disc_alg + jnp.sum(pending, dtype=i32),
+        disc_exe=stats.disc_exe + p.batch_size)
+
+
+def budget_phase(p: _Pool, st: _State) -> _State:
+    """(d) Budget restarts (diffrs.md §6): a slot whose `nfe + 2 (N - idx) - 1 > max_iter`
+    starts again from a fresh prior draw (idx 0, nfe 0)."""
+    restart = _active(p, st) & (st.nfe + 2 * (p.n - st.idx) - 1 > p.max_iter)
+    fresh = _prior_draw(p, st.sid, st.ctr)
+    return st._replace(
+        x=_where(restart, fresh, st.x), idx=jnp.where(restart, 0, st.idx),
+        nfe=jnp.where(restart, 0, st.nfe), lprev=jnp.where(restart, 0.0, st.lprev),
+        ctr=st.ctr + restart.astype(jnp.uint32),
+        stats=st.stats._replace(restarts=st.stats.restarts + jnp.sum(restart, dtype=jnp.int32)))
+
+
+def harvest_phase(p: _Pool, st: _State) -> _State:
+    """(e) Harvest (diffrs.md §7): slots accepted at idx = N write their sample to the output
+    row of their sample id and take the next sample ids (fresh prior draws, counters reset)."""
+    i32 = jnp.int32
+    fin = _active(p, st) & (st.idx == p.n)
+    widx = jnp.where(fin, st.sid, p.num_samples)  # out of range: dropped
+    rank = jnp.cumsum(fin.astype(i32)) - 1
+    nfin = jnp.sum(fin, dtype=i32)
+    new_sid = jnp.where(fin, jnp.minimum(st.next_id + rank, p.num_samples), st.sid)
+    fresh = _prior_draw(p, new_sid, jnp.zeros((p.batch_size,), jnp.uint32))
+    return st._replace(
+        x=_where(fin, fresh, st.x), idx=jnp.where(fin, 0, st.idx),
+        nfe=jnp.where(fin, 0, st.nfe), lprev=jnp.where(fin, 0.0, st.lprev), sid=new_sid,
+        ctr=jnp.where(fin, jnp.uint32(1), st.ctr), next_id=st.next_id + nfin,
+        done=st.done + nfin, out=st.out.at[widx].set(st.x, mode="drop"),
+        out_nfe=st.out_nfe.at[widx].set(st.nfe, mode="drop"))
+
+
+def _initial_state(p: _Pool) -> _State:
+    """Slots 0..B-1 take samples 0..B-1 (idle beyond num_samples) at their first prior draw."""
+    B, i32 = p.batch_size, jnp.int32
+    sid0 = jnp.minimum(jnp.arange(B, dtype=i32), p.num_samples)
+    zn, z = jnp.zeros((p.n + 1,), i32), jnp.zeros((), i32)
+    return _State(
+        x=_prior_draw(p, sid0, jnp.zeros((B,), jnp.uint32)), idx=jnp.zeros((B,), i32),
+        lprev=jnp.zeros((B,), jnp.float32), nfe=jnp.zeros((B,), i32), sid=sid0,
+        ctr=jnp.ones((B,), jnp.uint32), next_id=jnp.asarray(min(B, p.num_samples), i32),
+        done=z, rounds=z, out=jnp.zeros((p.num_samples, *p.sample_shape), p.dtype),
+        out_nfe=jnp.zeros((p.num_samples,), i32),
+        stats=_Stats(zn, zn, zn, zn, z, z, zn, z, z, z, z, z))
+
+
+def _round(p: _Pool, st: _State) -> _State:
+    """One outer round: (b) step, (c) cascade, (d) budget, (e) harvest, (a) prior."""
+    st = step_phase(p, _pin_state(p, st))
+    st = cascade_phase(p, st)
+    st = budget_phase(p, st)
+    st = harvest_phase(p, st)
+    st = prior_phase(p, st)
+    return st._replace(rounds=st.rounds + 1)
+
+
+def _info(st: _State, num_samples: int) -> DiffRSInfo:
+    s = st.stats
+    return DiffRSInfo(
+        sample_nfe=st.out_nfe, transition_tests=s.tt, transition_accepts=s.ta,
+        marginal_tests=s.mt, marginal_accepts=s.ma, prior_tests=s.pt, prior_accepts=s.pa,
+        depth_hist=s.depth, restarts=s.restarts, algorithmic_nfe=s.alg_nfe,
+        executed_nfe=s.exe_nfe, disc_algorithmic=s.disc_alg, disc_executed=s.disc_exe,
+        rounds=st.rounds, complete=st.done >= num_samples)
 
 
 def diffrs_sample(
@@ -373,9 +623,21 @@ def diffrs_sample(
     Returns:
       `(samples [num_samples, *sample_shape], DiffRSInfo)`.
     """
+    p = _pool(denoise, disc_logit, sigmas, tables, key, num_samples=num_samples,
+              batch_size=batch_size, sample_shape=sample_shape, labels=labels,
+              max_iter=max_iter, offset=offset, dtype=dtype, sharding=sharding)
+    max_rounds = jnp.asarray(_INT_MAX if max_rounds is None else max_rounds, jnp.int32)
+    st = prior_phase(p, _pin_state(p, _initial_state(p)))
+    st = lax.while_loop(lambda st: (st.done < p.num_samples) & (st.rounds < max_rounds),
+                        functools.partial(_round, p), st)
+    return st.out, _info(st, p.num_samples)
+
+
+def _pool(denoise, disc_logit, sigmas, tables, key, *, num_samples, batch_size, sample_shape,
+          labels, max_iter, offset, dtype, sharding) -> _Pool:
+    """Check the arguments of `diffrs_sample` and bundle them (ValueError names the bad one)."""
     sigmas = check_sigmas(sigmas).astype(dtype)
     n = sigmas.shape[0] - 1
-    sample_shape = tuple(int(s) for s in sample_shape)
     num_samples, batch_size = int(num_samples), int(batch_size)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -395,244 +657,10 @@ def diffrs_sample(
         labels = jnp.asarray(labels)
         if labels.shape[:1] != (num_samples,):
             raise ValueError(f"labels must be [num_samples]={num_samples}, got {labels.shape}")
-    max_iter = jnp.asarray(_INT_MAX if max_iter is None else max_iter, jnp.int32)
-    max_rounds = jnp.asarray(_INT_MAX if max_rounds is None else max_rounds, jnp.int32)
-    B = batch_size
-    shape = (B, *sample_shape)
-    s0 = sigmas[0]
-    i32 = jnp.int32
-
-    offset = jnp.asarray(offset, jnp.int32)
-
-    def sample_key(sid):
-        gid = (sid + offset).astype(jnp.uint32)
-        return jax.vmap(lambda i: jax.random.fold_in(key, i))(gid)
-
-    def prior_draw(sid, ctr):
-        ks = sample_key(sid)
-        eps = jax.vmap(lambda k, c: jax.random.normal(jax.random.fold_in(k, c), sample_shape,
-                                                      dtype))(ks, ctr)
-        return eps * s0
-
-    def event(sid, ctr):
-        """`(log u [B], eps [B, ...])` of each slot's current event."""
-        ks = sample_key(sid)
-
-        def one(k, c):
-            ek = jax.random.fold_in(k, c)
-            u = jax.random.uniform(jax.random.fold_in(ek, 0), (), jnp.float32)
-            eps = jax.random.normal(jax.random.fold_in(ek, 1), sample_shape, dtype)
-            return jnp.log(u), eps
-
-        return jax.vmap(one)(ks, ctr)
-
-    def cond_of(sid):
-        if labels is None:
-            return None
-        return labels[jnp.clip(sid, 0, num_samples - 1)]
-
-    def pin(a):
-        """Constrain pool-axis arrays (a pytree; None passes) to `sharding`."""
-        if sharding is None:
-            return a
-        return jax.tree.map(lambda v: lax.with_sharding_constraint(v, sharding), a)
-
-    def pin_state(st: _State) -> _State:
-        return st._replace(x=pin(st.x), idx=pin(st.idx), lprev=pin(st.lprev), nfe=pin(st.nfe),
-                           sid=pin(st.sid), ctr=pin(st.ctr))
-
-    def den(x, sigma, c):
-        out = denoise(*pin((x, sigma, c)))
-        if jnp.shape(out) != shape or jnp.result_type(out) != jnp.dtype(dtype):
-            raise ValueError(f"denoiser returned {jnp.shape(out)} {jnp.result_type(out)} for x "
-                             f"{shape} {jnp.dtype(dtype)}")
-        return out
-
-    def disc(x, sigma, c):
-        out = jnp.asarray(disc_logit(*pin((x, sigma, c))))
-        if out.size != B:
-            raise ValueError(f"disc_logit must return [B]={B} logits, got shape {out.shape}")
-        return out.reshape(B).astype(jnp.float32)
-
-    def active_of(st):
-        return st.sid < num_samples
-
-    def where_b(m, a, b):
-        return jnp.where(broadcast_like(m, a), a, b)
-
-    # ---- phases ------------------------------------------------------------------------------
-
-    def prior_phase(st: _State) -> _State:
-        pending0 = active_of(st) & (st.idx == 0)
-
-        def cond(c):
-            return jnp.any(c[1])
-
-        def body(c):
-            st, pending = pin_state(c[0]), pin(c[1])
-            cnd = cond_of(st.sid)
-            logit = disc(st.x, jnp.broadcast_to(s0, (B,)), cnd)
-            logu, eps = event(st.sid, st.ctr)
-            acc = logu < logit - log_m[0]
-            rej = pending & ~acc
-            ok = pending & acc
-            stats = st.stats._replace(
-                pt=st.stats.pt + jnp.sum(pending, dtype=i32),
-                pa=st.stats.pa + jnp.sum(ok, dtype=i32),
-                disc_alg=st.stats.disc_alg + jnp.sum(pending, dtype=i32),
-                disc_exe=st.stats.disc_exe + B)
-            st = st._replace(
-                x=where_b(rej, eps * s0, st.x),
-                lprev=jnp.where(ok, logit, st.lprev),
-                ctr=st.ctr + pending.astype(jnp.uint32),
-                stats=stats)
-            return st, rej
-
-        st, _ = lax.while_loop(cond, body, (st, pin(pending0)))
-        return st
-
-    def step_phase(st: _State) -> _State:
-        active = active_of(st)
-        cnd = cond_of(st.sid)
-        i = jnp.clip(st.idx, 0, n - 1)
-        s, s_next = sigmas[i], sigmas[i + 1]
-        x = st.x
-        sb, snb = broadcast_like(s, x), broadcast_like(s_next, x)
-        # Same expressions as solvers.heun_update, with per-slot sigmas.
-        d = (x - den(x, s, cnd)) / sb
-        x_e = x + (snb - sb) * d
-        need2 = active & (s_next > 0)
-        any2 = jnp.any(need2)
-
-        def correct(_):
-            s_safe = jnp.where(s_next > 0, s_next, 1.0)
-            ssb = broadcast_like(s_safe, x)
-            d2 = (x_e - den(x_e, s_safe, cnd)) / ssb
-            return x + (snb - sb) * (0.5 * (d + d2))
-
-        x_h = lax.cond(any2, correct, lambda _: x_e, None)
-        x_new = where_b(need2, x_h, x_e)
-        per = active.astype(i32) * (1 + need2.astype(i32))
-        stats = st.stats._replace(
-            alg_nfe=st.stats.alg_nfe + jnp.sum(per),
-            exe_nfe=st.stats.exe_nfe + B * (1 + any2.astype(i32)))
-        return st._replace(x=where_b(active, x_new, x), idx=st.idx + active.astype(i32),
-                           nfe=st.nfe + per, stats=stats)
-
-    def cascade_phase(st: _State) -> _State:
-        pending0 = active_of(st)
-        start = st.idx
-
-        def cond(c):
-            return jnp.any(c[1])
-
-        def body(c):
-            st, pending, first = pin_state(c[0]), pin(c[1]), pin(c[2])
-            i = jnp.clip(st.idx, 0, n)
-            s = sigmas[i]
-            cnd = cond_of(st.sid)
-            logit = disc(st.x, s, cnd)
-            logu, eps = event(st.sid, st.ctr)
-            thr = jnp.where(first, st.lprev + log_mp[i], log_m[i])
-            acc = logu < logit - thr
-            ok = pending & acc
-            rej = pending & ~acc
-            ip = jnp.clip(i - 1, 0, n)
-            step_std = jnp.sqrt(jnp.maximum(jnp.square(sigmas[ip]) - jnp.square(s), 0.0))
-            x = where_b(rej, st.x + broadcast_like(step_std, st.x) * eps, st.x)
-            idx = st.idx - rej.astype(i32)
-            fell = rej & (idx == 0)
-            ended = ok | fell
-            depth = jnp.where(ended, start - idx, n + 1)  # n + 1: dropped
-            onehot = lambda m: jnp.zeros((n + 1,), i32).at[i].add(m.astype(i32))  # noqa: E731
-            stats = st.stats._replace(
-                tt=st.stats.tt + onehot(pending & first),
-                ta=st.stats.ta + onehot(ok & first),
-                mt=st.stats.mt + onehot(pending & ~first),
-                ma=st.stats.ma + onehot(ok & ~first),
-                depth=st.stats.depth.at[depth].add(1, mode="drop"),
-                disc_alg=st.stats.disc_alg + jnp.sum(pending, dtype=i32),
-                disc_exe=st.stats.disc_exe + B)
-            st = st._replace(x=x, idx=idx, lprev=jnp.where(ok, logit, st.lprev),
-                             ctr=st.ctr + pending.astype(jnp.uint32), stats=stats)
-            return st, pending & ~ended, first & ~pending
-
-        st, _, _ = lax.while_loop(cond, body, (st, pin(pending0), pin(pending0)))
-        return st
-
-    def budget_phase(st: _State) -> _State:
-        active = active_of(st)
-        restart = active & (st.nfe + 2 * (n - st.idx) - 1 > max_iter)
-        fresh = prior_draw(st.sid, st.ctr)
-        return st._replace(
-            x=where_b(restart, fresh, st.x),
-            idx=jnp.where(restart, 0, st.idx),
-            nfe=jnp.where(restart, 0, st.nfe),
-            lprev=jnp.where(restart, 0.0, st.lprev),
-            ctr=st.ctr + restart.astype(jnp.uint32),
-            stats=st.stats._replace(restarts=st.stats.restarts + jnp.sum(restart, dtype=i32)))
-
-    def harvest_phase(st: _State) -> _State:
-        fin = active_of(st) & (st.idx == n)
-        widx = jnp.where(fin, st.sid, num_samples)  # out of range: dropped
-        out = st.out.at[widx].set(st.x, mode="drop")
-        out_nfe = st.out_nfe.at[widx].set(st.nfe, mode="drop")
-        rank = jnp.cumsum(fin.astype(i32)) - 1
-        nfin = jnp.sum(fin, dtype=i32)
-        new_sid = jnp.where(fin, jnp.minimum(st.next_id + rank, num_samples), st.sid)
-        zero = jnp.zeros((B,), jnp.uint32)
-        fresh = prior_draw(new_sid, zero)
-        return st._replace(
-            x=where_b(fin, fresh, st.x),
-            idx=jnp.where(fin, 0, st.idx),
-            nfe=jnp.where(fin, 0, st.nfe),
-            lprev=jnp.where(fin, 0.0, st.lprev),
-            sid=new_sid,
-            ctr=jnp.where(fin, jnp.uint32(1), st.ctr),
-            next_id=st.next_id + nfin,
-            done=st.done + nfin,
-            out=out, out_nfe=out_nfe)
-
-    # ---- driver ------------------------------------------------------------------------------
-
-    sid0 = jnp.minimum(jnp.arange(B, dtype=i32), num_samples)
-    zn = jnp.zeros((n + 1,), i32)
-    z = jnp.zeros((), i32)
-    st = _State(
-        x=prior_draw(sid0, jnp.zeros((B,), jnp.uint32)),
-        idx=jnp.zeros((B,), i32),
-        lprev=jnp.zeros((B,), jnp.float32),
-        nfe=jnp.zeros((B,), i32),
-        sid=sid0,
-        ctr=jnp.ones((B,), jnp.uint32),
-        next_id=jnp.asarray(min(B, num_samples), i32),
-        done=z, rounds=z,
-        out=jnp.zeros((num_samples, *sample_shape), dtype),
-        out_nfe=jnp.zeros((num_samples,), i32),
-        stats=_Stats(zn, zn, zn, zn, z, z, zn, z, z, z, z, z),
-    )
-    st = prior_phase(pin_state(st))
-
-    def outer_cond(st):
-        return (st.done < num_samples) & (st.rounds < max_rounds)
-
-    def outer_body(st):
-        st = step_phase(pin_state(st))
-        st = cascade_phase(st)
-        st = budget_phase(st)
-        st = harvest_phase(st)
-        st = prior_phase(st)
-        return st._replace(rounds=st.rounds + 1)
-
-    st = lax.while_loop(outer_cond, outer_body, st)
-    s = st.stats
-    info = DiffRSInfo(
-        sample_nfe=st.out_nfe, transition_tests=s.tt, transition_accepts=s.ta,
-        marginal_tests=s.mt, marginal_accepts=s.ma, prior_tests=s.pt, prior_accepts=s.pa,
-        depth_hist=s.depth, restarts=s.restarts, algorithmic_nfe=s.alg_nfe,
-        executed_nfe=s.exe_nfe, disc_algorithmic=s.disc_alg, disc_executed=s.disc_exe,
-        rounds=st.rounds, complete=st.done >= num_samples)
-    return st.out, info
+    return _Pool(denoise, disc_logit, sigmas, log_m, log_mp, key,
+                 jnp.asarray(offset, jnp.int32), labels,
+                 jnp.asarray(_INT_MAX if max_iter is None else max_iter, jnp.int32),
+                 num_samples, batch_size, tuple(int(s) for s in sample_shape), dtype, sharding)
 
 
 def _leading_shards(sharding: jax.sharding.NamedSharding) -> int:

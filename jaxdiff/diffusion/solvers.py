@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxdiff.diffusion.schedules import broadcast_like
 from jaxdiff.random import sample_keys, step_key
 
 
@@ -209,24 +210,37 @@ class DPMState(NamedTuple):
 
 
 def _euler_update(den, x, sigma, sigma_next, cond):
-    d = (x - den(x, sigma, cond)) / sigma
-    return x + (sigma_next - sigma) * d, d
+    s, s_next = broadcast_like(sigma, x), broadcast_like(sigma_next, x)
+    d = (x - den(x, sigma, cond)) / s
+    return x + (s_next - s) * d, d
 
 
-def heun_update(den, x, sigma, sigma_next, cond):
-    """Heun from (x, sigma) to sigma_next; Euler when sigma_next = 0. Returns (x_next, nfe)."""
+def heun_update(den, x, sigma, sigma_next, cond, *, needs_correction=None):
+    """Heun from (x, sigma) to sigma_next (Karras et al. 2022, Alg. 1 lines 4-8); Euler when
+    sigma_next = 0. Returns `(x_next, nfe)`.
+
+    `sigma`, `sigma_next` are scalars, or per-sample `[N]` levels (DiffRS: each slot of its pool
+    at its own grid index) together with `needs_correction [N]` bool, the samples that take the
+    second evaluation: it runs on the whole batch only if any needs it, and the others keep the
+    Euler step. nfe is a scalar (scalar levels) or `[N]`.
+    """
     x_e, d = _euler_update(den, x, sigma, sigma_next, cond)
 
     def correct(_):
         # Guard the division for the branch that is not taken (sigma_next = 0).
         s_safe = jnp.where(sigma_next > 0, sigma_next, 1.0)
-        d2 = (x_e - den(x_e, s_safe, cond)) / s_safe
-        return x + (sigma_next - sigma) * (0.5 * (d + d2))
+        d2 = (x_e - den(x_e, s_safe, cond)) / broadcast_like(s_safe, x)
+        step = broadcast_like(sigma_next, x) - broadcast_like(sigma, x)
+        return x + step * (0.5 * (d + d2))
 
-    # A real conditional (scalar predicate, outside any vmap): the last step to sigma = 0 costs
-    # one evaluation, as in EDM (2n - 1 NFE for n steps).
-    x_next = lax.cond(sigma_next > 0, correct, lambda _: x_e, None)
-    return x_next, jnp.where(sigma_next > 0, 2, 1)
+    if needs_correction is None:
+        # A real conditional (scalar predicate, outside any vmap): the last step to sigma = 0
+        # costs one evaluation, as in EDM (2n - 1 NFE for n steps).
+        x_next = lax.cond(sigma_next > 0, correct, lambda _: x_e, None)
+        return x_next, jnp.where(sigma_next > 0, 2, 1)
+    x_h = lax.cond(jnp.any(needs_correction), correct, lambda _: x_e, None)
+    return (jnp.where(broadcast_like(needs_correction, x), x_h, x_e),
+            jnp.where(needs_correction, 2, 1))
 
 
 def euler() -> Solver:

@@ -33,14 +33,13 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from jaxdiff import data as jdata
 from jaxdiff.batching import epoch_batches, padded_batches
 from jaxdiff.files import atomic_save_npy, atomic_savez, atomic_write_json
-from jaxdiff.models.functional import apply_pool, init_pool
+from jaxdiff.models.functional import apply_pool, init_pool, masked_cross_entropy
 
 FORMAT = "jaxdiff-experts/1"
 _EXPERT_RE = re.compile(r"^expert_(\d{5})\.npy$")
@@ -313,8 +312,7 @@ def make_expert_trainer(
     def pool_loss(flat, x, y, w):
         # Σ over experts of each expert's mean CE: the gradient w.r.t. the stacked flat
         # parameters is every expert's own gradient.
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits_pool(flat, x, 0), y)
-        per_expert = jnp.sum(ce * w, axis=1) / jnp.sum(w, axis=1)
+        per_expert = jax.vmap(masked_cross_entropy)(logits_pool(flat, x, 0), y, w)
         return jnp.sum(per_expert), per_expert
 
     @jax.jit

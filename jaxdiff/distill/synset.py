@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxdiff.files import atomic_savez
+
 FILENAME = "synthetic.npz"
 
 
@@ -44,11 +46,10 @@ def save_synset(path: str | os.PathLike, s: LabelledSet) -> str:
     labels = np.asarray(s.labels, np.int32)
     if images.ndim != 4 or labels.shape != images.shape[:1]:
         raise ValueError(f"expected images [N,H,W,C] and labels [N]; got {images.shape}, {labels.shape}")
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, images=images, labels=labels, dataset=np.array(s.dataset),
-             mean=np.asarray(s.mean, np.float32), std=np.asarray(s.std, np.float32),
-             zca=np.array(bool(s.zca)), lr=np.array(s.lr, np.float32), method=np.array(s.method))
-    os.replace(tmp, path)
+    atomic_savez(path, images=images, labels=labels, dataset=np.array(s.dataset),
+                 mean=np.asarray(s.mean, np.float32), std=np.asarray(s.std, np.float32),
+                 zca=np.array(bool(s.zca)), lr=np.array(s.lr, np.float32),
+                 method=np.array(s.method))
     return path
 
 

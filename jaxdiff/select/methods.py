@@ -216,8 +216,10 @@ Kernel = Callable[..., tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
 @functools.partial(
     jax.jit, static_argnames=("kernel", "config", "max_budget", "class_batch", "mesh", "axis"))
-def _run_classes(kernel, config, params, data, index, counts, budgets, keys, *,
-                 max_budget, class_batch, mesh, axis):
+def run_classes(kernel, config, params, data, index, counts, budgets, keys, *,
+                max_budget, class_batch, mesh, axis):
+    """Run `kernel` on every class (a `lax.map` in groups of `class_batch`, classes sharded over
+    `mesh` when given): dataset positions `[C, max_budget]` (-1 unused), weights, info."""
     labels = jnp.arange(index.shape[0], dtype=jnp.int32)
 
     def one(args):
@@ -241,7 +243,7 @@ def _run_classes(kernel, config, params, data, index, counts, budgets, keys, *,
 
 
 class _Prepared(NamedTuple):
-    """A validated per-class run: `_run_classes(*args, **static)` does the work."""
+    """A validated per-class run: `run_classes(*args, **static)` does the work."""
 
     args: tuple  # (kernel, config, params, data, index, counts, budgets, keys)
     static: dict[str, Any]  # max_budget, class_batch, mesh, axis
@@ -249,9 +251,9 @@ class _Prepared(NamedTuple):
     budgets: np.ndarray  # [C] int64
 
 
-def _prepare(kernel: Kernel, key, labels, num_classes, fraction, data, *, config=(),
-             params=None, class_batch=1, mesh=None, needs_key=False) -> _Prepared:
-    """Validate the budgets, build the class table and the arguments of `_run_classes`."""
+def prepare_classes(kernel: Kernel, key, labels, num_classes, fraction, data, *, config=(),
+                    params=None, class_batch=1, mesh=None, needs_key=False) -> _Prepared:
+    """Validate the budgets, build the class table and the arguments of `run_classes`."""
     budgets = class_budgets(labels, num_classes, fraction)
     if key is None:
         if needs_key:
@@ -278,7 +280,7 @@ def _prepare(kernel: Kernel, key, labels, num_classes, fraction, data, *, config
     return _Prepared(args, static, table, budgets)
 
 
-def _assemble(prep: _Prepared, glob, w, info) -> Selection:
+def assemble_selection(prep: _Prepared, glob, w, info) -> Selection:
     """Keep positions 0..budget_c-1 of every class (each class fills them in order)."""
     table, c_num, k_max = prep.table, prep.table.num_classes, prep.static["max_budget"]
     flat = np.concatenate([c * k_max + np.arange(b) for c, b in
@@ -291,8 +293,8 @@ def _assemble(prep: _Prepared, glob, w, info) -> Selection:
 def _select_by_class(kernel: Kernel, key, labels, num_classes, fraction, data,
                      **kwargs) -> Selection:
     """Validate, build the class table, run `kernel` on every class, assemble a `Selection`."""
-    prep = _prepare(kernel, key, labels, num_classes, fraction, data, **kwargs)
-    return _assemble(prep, *_run_classes(*prep.args, **prep.static))
+    prep = prepare_classes(kernel, key, labels, num_classes, fraction, data, **kwargs)
+    return assemble_selection(prep, *run_classes(*prep.args, **prep.static))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +383,8 @@ def _gradmatch_kernel(config, params, data, valid, n, k, c, key, max_budget):
     return res.indices, w, {"relative_residual": res.relative_residual}
 
 
-def _lcmat_kernel(config, params, data, valid, n, k, c, key, max_budget):
+def lcmat_kernel(config, params, data, valid, n, k, c, key, max_budget):
+    """LCMat-S's per-class kernel (the `Kernel` contract above)."""
     num_coords, greedy, reference_scaling, batch_size, block_size = config
     x, z = data
     length = x.shape[0]
@@ -592,7 +595,7 @@ def lcmat_s(key, labels, num_classes, fraction, *, embeddings, logits, eps=0.01,
     config = (num_coords, _check_choice("greedy", greedy, _GREEDY), bool(reference_scaling),
               _check_pos_int("batch_size", batch_size), _check_pos_int("block_size", block_size))
     params = {"eps": jnp.float32(_check_nonneg("eps", eps)), "constant": jnp.float32(constant)}
-    return _select_by_class(_lcmat_kernel, key, labels, num_classes, fraction, (x, z),
+    return _select_by_class(lcmat_kernel, key, labels, num_classes, fraction, (x, z),
                             config=config, params=params, class_batch=class_batch, mesh=mesh)
 
 

@@ -139,11 +139,12 @@ def test_spec_defaults_and_group_learning_rates(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_experts(tmp_path_factory):
     from jaxdiff.pipelines import experts
+    from jaxdiff.specs.experts import resolve as resolve_experts
     d = tmp_path_factory.mktemp("experts")
     cfg = build_config("experts_digits", [
         ("data.image_size", "8"), ("model.width", "8"), ("num_experts", "2"), ("parallel", "2"),
         ("epochs", "3"), ("batch_size", "64"), ("progress", "False"), ("buffer_dir", str(d))])
-    experts.run(cfg)
+    experts.run(resolve_experts(cfg))
     return str(d)
 
 
