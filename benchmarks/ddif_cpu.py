@@ -117,7 +117,7 @@ def bench_decode(key, repeats, env):
 
     # same outputs, bit for bit
     ref = np.asarray(batched(params, static))
-    # bit-identical on jax 0.10; a few ulps apart on newer XLA (see tests/test_params_ddif.py)
+    # bit-identical on jax 0.10; a few ulps apart on newer XLA (see tests/distill/params/test_neural_field.py)
     assert all(np.allclose(np.asarray(one(params, static, indices[i]))[0], ref[i], rtol=1e-6, atol=2e-7)
                for i in (0, n - 1))
 

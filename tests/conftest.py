@@ -13,7 +13,8 @@ jax.config.update("jax_num_cpu_devices", int(os.environ["JAX_NUM_CPU_DEVICES"]))
 
 @pytest.fixture
 def key(request):
-    """A fresh PRNG key per test, derived from the test's name so failures reproduce."""
+    """A fresh PRNG key per test, derived from the test's name (with its parameters) so failures
+    reproduce, and a test keeps its randomness when its file moves."""
     import zlib
 
-    return jax.random.key(zlib.crc32(request.node.nodeid.encode()))
+    return jax.random.key(zlib.crc32(request.node.name.encode()))

@@ -1,18 +1,40 @@
-"""Shared oracles, reference implementations and tiny fixtures of the test suite
-(one place; test files import from here, never from each other)."""
+"""Shared oracles, reference implementations and tiny configs of the test suite.
+
+One place for what several test files use; test files import from here, never from each other.
+Sections: models (reference conv and norms, jitted calls), ops (tolerances, a fast-compiling
+jit), configs (tiny presets), diffusion oracles (the DiffRS Gaussian pair, Gaussian mixtures and
+rewards with exact answers).
+"""
 
 from __future__ import annotations
 
-
-# ------------------------------------------------------------ from tests/test_models.py
+import functools
+import math
+from pathlib import Path
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxdiff import models
+from jaxdiff.config_utils import build_config, load_config, set_values
+from jaxdiff.diffusion import gmm as G
+from jaxdiff.diffusion import lookahead as L
+from jaxdiff.diffusion import rewards as R
 
 
+# ---------------------------------------------------------------------------------- data
+def fake_prepared(root: Path, name: str, version: str) -> Path:
+    """What `data.locate` looks for: `<root>/<name>/<version>/dataset_info.json`."""
+    d = root / name / version
+    d.mkdir(parents=True)
+    (d / "dataset_info.json").write_text("{}")
+    return d
+
+
+# ---------------------------------------------------------------------------------- models
 def conv_ref(x, w, b=None, stride=1, pad=1):
     """Reference NHWC x HWIO cross-correlation (tests may call lax directly; models may not)."""
     y = jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
@@ -21,19 +43,19 @@ def conv_ref(x, w, b=None, stride=1, pad=1):
     return y if b is None else y + b
 
 
-# Jitted model construction and calls: eager NNX code runs op by op, compiling every random
-# draw and layer separately, which dominates this file's runtime on a small CPU.
+# Jitted model calls: eager NNX code runs op by op, compiling every random draw and layer
+# separately, which dominates the model tests' runtime on a small CPU.
 call_model = nnx.jit(lambda m, x: m(x))
-
-
 embed_model = nnx.jit(lambda m, x: m.embed(x))
 
 
 def abstract_count(make):
+    """Parameter count of `make()` without allocating it."""
     return models.num_params(nnx.eval_shape(make))
 
 
 def norm_ref(kind, h, layer):
+    """Reference of each normalisation layer on NHWC activations `h` (layer's scale / bias)."""
     if kind == "instancenorm":
         m = h.mean((1, 2), keepdims=True)
         v = ((h - m) ** 2).mean((1, 2), keepdims=True)
@@ -57,14 +79,15 @@ def norm_ref(kind, h, layer):
     return h
 
 
-# ------------------------------------------------------------ from tests/test_ops_conv.py
-import functools
+@jax.jit
+def perturbed(params, key):
+    """`params` plus 0.05 N(0, 1) noise (one draw for all leaves: a draw per leaf would compile
+    ~40 RNG kernels)."""
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    return unravel(flat + 0.05 * jax.random.normal(key, flat.shape))
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-
+# ---------------------------------------------------------------------------------- ops
 def assert_close(actual, desired, tol):
     """max |a - d| <= tol * max(1, max |d|), leaf by leaf (float32 round-off of long sums)."""
     for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired)):
@@ -75,26 +98,111 @@ def assert_close(actual, desired, tol):
         assert err <= tol * scale, f"max error {err:.3g} > {tol:.1g} * {scale:.3g}"
 
 
-# Each test compiles ONE program (data generation, our path and the reference together):
+# Each conv test compiles ONE program (data generation, our path and the reference together):
 # on the 2-core CI machine compilation, not execution, is what these tests spend. LLVM
 # optimisation level 0 cuts it 4-5x; the HLO (and so the formulations under test) is the
 # same, only the machine code is less optimised. The HLO-structure test keeps the defaults.
 jit_o0 = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
-# ------------------------------------------------------------ from tests/pipelines/test_distill_src.py
-
-import numpy as np
-
-from jaxdiff.config_utils import build_config
-
-
+# ---------------------------------------------------------------------------------- configs
 def tiny_distill_config(run_dir, **over):
+    """`quickstart` shrunk to seconds: 8x8 digits, IPC 2, 4 iterations, width-8 ConvNet, one
+    2-epoch evaluation run, one device; `over` = {dotted key: value} overrides."""
     base = {
-        "data.image_size": "8", "ipc": "2", "iterations": "4", "log_every": "2", "checkpoint_every": "2",
-        "model.width": "8", "loss.batch_real": "8", "eval.epochs": "2", "eval.num_runs": "1",
-        "eval.compare_random": "False", "param.ddif.warmup_steps": "5", "progress": "False",
-        "run_dir": str(run_dir), "num_devices": "1",
+        "data.image_size": "8", "ipc": "2", "iterations": "4", "log_every": "2",
+        "checkpoint_every": "2", "model.width": "8", "loss.batch_real": "8", "eval.epochs": "2",
+        "eval.num_runs": "1", "eval.compare_random": "False", "param.ddif.warmup_steps": "5",
+        "progress": "False", "run_dir": str(run_dir), "num_devices": "1",
     }
     base.update({k: str(v) for k, v in over.items()})
     return build_config("quickstart", list(base.items()))
+
+
+def tiny_train_denoiser_config(run_dir, **over):
+    """`train_denoiser_digits` shrunk to seconds: a small MLP, 6 steps of batch 16, grids every
+    2 steps; `over` = {dotted key: value}."""
+    c = load_config("train_denoiser_digits")
+    c.model.name = "mlp"
+    c.model.hidden, c.model.depth, c.model.emb_dim = 32, 1, 16
+    c.train.steps, c.train.batch_size, c.train.warmup_steps = 6, 16, 2
+    c.log_every, c.checkpoint_every = 2, 3
+    c.sample.every, c.sample.num, c.sample.steps = 2, 8, 2
+    c.progress = False
+    c.run_dir = str(run_dir)
+    return set_values(c, **over)
+
+
+def tiny_sample_config(run_dir, **over):
+    """`sample_digits` shrunk: 3 solver steps, 20 samples in batches of 8, a 1-epoch quality net."""
+    c = load_config("sample_digits")
+    c.solver.steps = 3
+    c.num_samples, c.batch_size = 20, 8
+    c.quality.epochs, c.quality.width, c.quality.feature_dim = 1, 8, 16
+    c.progress = False
+    c.run_dir = str(run_dir)
+    return set_values(c, **over)
+
+
+# ---------------------------------------------------------------------------------- DiffRS oracle
+# diffrs.md §14: data q_0 = N(0, SQ^2 I), the "pretrained model" the exact reverse process of
+# p_0 = N(0, SP^2 I), the discriminator the analytic log-ratio.
+SQ, SP = 0.5, 1.0
+
+
+def gauss_den(x, sigma, cond=None):
+    """The exact denoiser of p_0 = N(0, SP^2 I): `SP^2 / (SP^2 + sigma^2) x`."""
+    s2 = jnp.square(sigma).reshape((-1,) + (1,) * (x.ndim - 1))
+    return (SP**2 / (SP**2 + s2) * x).astype(x.dtype)
+
+
+def oracle_logit(x, sigma, cond=None):
+    """log q_sigma(x) / p_sigma(x) for q_0 = N(0, SQ^2 I), p_0 = N(0, SP^2 I)."""
+    d = math.prod(x.shape[1:])
+    s2 = jnp.square(sigma)
+    r2 = jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=1)
+    return 0.5 * d * jnp.log((SP**2 + s2) / (SQ**2 + s2)) + 0.5 * r2 * (
+        1.0 / (SP**2 + s2) - 1.0 / (SQ**2 + s2))
+
+
+# ---------------------------------------------------------------------------------- mixtures
+def _cast(g, dtype):
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                        else a, g)
+
+
+def denoiser_mixture(dtype=jnp.float32):
+    """A 3-component 2-D mixture with diagonal stds and labels (0, 1, 1): the denoiser tests'."""
+    return _cast(G.gaussian_mixture(
+        jnp.array([0.2, 0.5, 0.3]),
+        jnp.array([[-1.5, 0.0], [1.0, 0.5], [0.0, -1.2]]),
+        jnp.array([[0.4, 0.3], [0.6, 0.6], [0.5, 0.2]]),  # diagonal stds
+        labels=jnp.array([0, 1, 1]),
+    ), dtype)
+
+
+def mixture_points(key, n=64, dtype=jnp.float32):
+    """`(x [n, 2], sigma [n])`: points around the mixtures and log-uniform noise levels."""
+    k1, k2 = jax.random.split(key)
+    x = 2.0 * jax.random.normal(k1, (n, 2), dtype)
+    sigma = jnp.exp(jax.random.uniform(k2, (n,), dtype, -5.0, 4.0))  # 0.007 .. 55
+    return x, sigma
+
+
+def tilt_mixture(dtype=jnp.float32):
+    """A 3-component 2-D mixture for reward guidance (its reward tilts are exact mixtures)."""
+    return _cast(G.gaussian_mixture(
+        jnp.array([0.3, 0.4, 0.3]),
+        jnp.array([[-1.5, 0.0], [1.0, 1.0], [0.5, -1.5]]),
+        jnp.array([[0.5, 0.4], [0.6, 0.5], [0.4, 0.6]]),
+    ), dtype)
+
+
+LIN = R.linear_reward(jnp.array([1.0, 0.5]))
+QUAD = R.quadratic_reward(jnp.array([1.0, -1.0]), 0.8)
+
+
+def exact_set(g, key, n, reward=LIN):
+    """A lookahead set of n exact draws of mixture `g` with their rewards."""
+    x = G.sample(g, key, n)
+    return L.make_lookahead_set(x, reward(x))

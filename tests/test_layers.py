@@ -149,3 +149,23 @@ def test_no_importlib_dispatch():
     bad = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
            if "importlib.import_module" in p.read_text()]
     assert not bad, f"dispatch by importlib strings in {bad}; use a table of imported functions"
+
+
+def test_test_files_import_only_the_shared_helpers():
+    """Tests mirror the package; what several test files share lives in tests/helpers.py."""
+    tests_root = Path(__file__).resolve().parent
+    bad = []
+    for path in sorted(tests_root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                top = name.split(".")
+                if (top[0] == "tests" and name not in ("tests", "tests.helpers")
+                        and not name.startswith("tests.helpers.")) or top[0].startswith("test_"):
+                    bad.append(f"{path.relative_to(tests_root.parent)}:{node.lineno} imports {name}")
+    assert not bad, "test files importing other test files:\n" + "\n".join(bad)

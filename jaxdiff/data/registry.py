@@ -95,7 +95,7 @@ STATS: dict[str, Stats] = {
     "imagenet": Stats((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     # scikit-learn digits: pixels scaled to uint8 (see digits.py), statistics of the 1438-image
     # train split at the native 8x8 size, population std (ddof=0), rounded to 4 decimals like
-    # the table above; tests/test_data.py recomputes them.
+    # the table above; tests/data/test_digits.py recomputes them.
     "digits": Stats((0.3055,), (0.3759,)),
 }
 

@@ -256,7 +256,7 @@ def gradient_guidance_sample(
     return x, GuidanceAux(Cost.of(c, c, c, c), Cost.zeros(), aux.nfe)
 
 
-def group_norm_groups(n, group_size, name):
+def _groups_of(n, group_size, name):
     k = int(group_size)
     if k < 1 or n % k:
         raise ValueError(f"{name}={group_size} must be >= 1 and divide the batch N={n}")
@@ -279,7 +279,7 @@ def best_of_n(
     calls.
     """
     n = x_T.shape[0]
-    g, k = group_norm_groups(n, group_size, "group_size")
+    g, k = _groups_of(n, group_size, "group_size")
     x, aux = S.sample(_solver(solver), denoise, x_T, sigmas, key, cond, offset=offset)
     r = reward_fn(x)
     _check_rewards_shape(r, n)
@@ -411,7 +411,7 @@ def fk_steering_sample(
     check_lam(lam)
     x_T = jnp.asarray(x_T)
     n, shape, dt = x_T.shape[0], x_T.shape, x_T.dtype
-    g, k = group_norm_groups(n, num_particles, "num_particles")
+    g, k = _groups_of(n, num_particles, "num_particles")
     sigmas = S.check_sigmas(sigmas).astype(dt)
     T = sigmas.shape[0] - 1
     rs = jnp.ones((T,), bool) if resample_steps is None else jnp.asarray(resample_steps, bool)

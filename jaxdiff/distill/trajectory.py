@@ -32,7 +32,7 @@ Gradient modes (`mode`), all giving the same loss value:
   inner forward/backward per step). This is the published estimator, which **drops the
   Hessian-vector terms** (∂θ_j/∂X_i for j > i, i.e. it propagates the cotangent as if
   ∂θ_{k+1}/∂θ_k = I). It is exact for N = 1, and for N > 1 its error is O(α·‖H‖·N) relative;
-  `tests/test_trajectory.py` quantifies it. (The reference stores the θ_i; because the
+  `tests/distill/test_trajectory.py` quantifies it. (The reference stores the θ_i; because the
   approximate cotangent is the same at every step we can instead recompute them in forward
   order, which is what makes the memory independent of N.) Use "remat" for the exact gradient.
 

@@ -1,7 +1,7 @@
 """The benchmark's host-driven, shrinking-batch DiffRS loop (`benchmarks.diffrs_cpu.LoopDiffRS`)
 reproduces `rejection.diffrs_sample`: same samples (to ulps), per-sample NFE and test counts.
 
-Oracle as in tests/test_diffrs.py: data N(0, SQ^2 I), model the exact reverse process of
+Oracle as in tests/diffusion/test_rejection.py: data N(0, SQ^2 I), model the exact reverse process of
 N(0, SP^2 I), the analytic log-ratio as the discriminator.
 """
 
@@ -14,8 +14,8 @@ from benchmarks.diffrs_cpu import LoopDiffRS, check_equal
 from jaxdiff.diffusion import rejection as R
 from jaxdiff.diffusion import schedules as sch
 
-# the oracle of tests/test_diffrs.py (pytest puts tests/ on sys.path)
-from tests.test_diffrs import gauss_den, oracle_logit  # noqa: E402
+
+from tests.helpers import gauss_den, oracle_logit
 
 
 @functools.partial(jax.jit, static_argnames=("ns", "bs", "shape"))

@@ -1,0 +1,65 @@
+"""`jaxdiff experts` end to end: resume after a crash equals the uninterrupted run, a store from
+another config is refused."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxdiff.distill import experts as E
+from jaxdiff.pipelines import experts as P
+from jaxdiff.specs.experts import resolve as resolve_experts
+
+
+def _run(config):
+    """The command as the CLI runs it: resolve the config, then run the pipeline."""
+    return P.run(resolve_experts(config))
+
+
+def _config(run_dir, **kw):
+    import ml_collections
+    c = ml_collections.ConfigDict(dict(
+        data=dict(name="digits", data_dir="", image_size=8), zca=False, zca_reg=0.1,
+        model=dict(name="convnet", depth=0, width=4, norm="instancenorm"), num_experts=2,
+        parallel=2, epochs=3, lr=0.01, batch_size=256, dsa_strategy="crop", seed=0,
+        progress=False, resume=False, buffer_dir=str(run_dir)))
+    c.update(kw)
+    return c
+
+
+def test_pipeline_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    full = _run(_config(tmp_path / "a"))
+    assert full["num_experts_complete"] == 2
+
+    real = P.make_expert_trainer
+    calls = {"n": 0}
+
+    def crashing(*a, **k):
+        tr = real(*a, **k)
+
+        def epoch(*args):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt("simulated crash in epoch 3")
+            return tr.epoch(*args)
+
+        return tr._replace(epoch=epoch)
+
+    monkeypatch.setattr(P, "make_expert_trainer", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_config(tmp_path / "b"))
+    store_b = E.ExpertStore(tmp_path / "b")
+    assert len(store_b) == 0 and store_b.resume_epoch(0) == 2
+    with pytest.raises(FileExistsError):
+        _run(_config(tmp_path / "b"))                 # refuses to overwrite without --resume
+    monkeypatch.setattr(P, "make_expert_trainer", real)
+    _run(_config(tmp_path / "b", resume=True))
+    store_a = E.ExpertStore(tmp_path / "a")
+    for i in range(2):
+        np.testing.assert_array_equal(store_b.trajectory(i), store_a.trajectory(i))
+    with open(tmp_path / "a" / "meta.json") as f:
+        meta = json.load(f)
+    assert meta["dataset"] == "digits" and meta["zca"] is False and meta["epochs"] == 3
+    assert meta["param_paths"][0].startswith("blocks/0/conv")
+    with pytest.raises(ValueError, match="lr"):       # a store from another config is refused
+        _run(_config(tmp_path / "b", resume=True, lr=0.02))

@@ -1,0 +1,46 @@
+"""`jaxdiff.specs.sample.resolve`: guidance settings typed with their defaults filled and noted,
+solver aliases resolved, labels checked against the source, bad values named."""
+
+import pytest
+
+from jaxdiff.config_utils import build_config
+from jaxdiff.diffusion.batch_samplers import DiffRSSettings
+from jaxdiff.diffusion.reward_samplers import LidarSettings
+from jaxdiff.specs.base import SpecError
+from jaxdiff.specs.sample import resolve
+
+
+def test_diffrs_defaults_are_filled_and_noted(tmp_path):
+    spec = resolve(build_config("sample_digits", [
+        ("source", "gmm"), ("labels", "none"), ("guidance", "{'name': 'diffrs', 'disc_dir': 'd'}")]))
+    s = spec.guidance.settings
+    assert isinstance(s, DiffRSSettings) and s.gamma == 0.75 and s.warmup == 256
+    assert s.disc_dir.endswith("/d")
+    notes = "\n".join(spec.resolution.notes)
+    assert "guidance.gamma = 0.75  (DiffRSSettings default)" in notes
+    assert spec.resolution.config["guidance"]["warmup_batch"] == 128
+
+
+def test_lidar_settings_and_solver_alias():
+    spec = resolve(build_config("lidar_digits", [("source", "gmm"), ("labels", "none"),
+                                                 ("solver.name", "edm_stochastic")]))
+    assert spec.solver.name == "edm" and set(spec.solver.hparams) == {"s_churn", "s_tmin",
+                                                                      "s_tmax", "s_noise"}
+    s = spec.guidance.settings
+    assert isinstance(s, LidarSettings) and s.num_lookahead == 50 and s.window == (0.0, 1e9)
+    assert s.reward.target == 3 and s.reward.quality["width"] == 32
+
+
+@pytest.mark.parametrize("config,over,words", [
+    ("sample_digits", {"source": "gmm", "labels": "9"}, "'labels' = 9 outside"),
+    ("sample_digits", {"source": "gmm", "solver.steps": "0"}, "'solver.steps' = 0 must be >= 1"),
+    ("sample_digits", {"model_dir": "/nonexistent"}, "'model_dir': model run directory"),
+    ("lidar_digits", {"source": "gmm", "guidance.subset": "60"}, "'guidance.subset' = 60"),
+    ("lidar_digits", {"source": "gmm", "guidance.reward.name": "ssim"},
+     "'guidance.reward.name' = 'ssim'"),
+    ("sample_digits_diffrs", {"source": "gmm", "solver.name": "euler"},
+     "DiffRS wraps the deterministic Heun sampler"),
+])
+def test_bad_values_name_the_key(config, over, words):
+    with pytest.raises(SpecError, match=words):
+        resolve(build_config(config, list(over.items())))
