@@ -23,7 +23,7 @@ from jaxdiff.data.registry import (
     get_info,
     with_stats,
 )
-from jaxdiff.data.sources import Dataset, load
+from jaxdiff.data.sources import Dataset, load, train_class_counts
 from jaxdiff.data.transforms import (MODEL_SPACE, denormalize, model_space_to_display,
                                      model_space_to_uint8, normalize, normalize_with,
                                      resize_bilinear, to_display, to_model_space)
@@ -34,5 +34,5 @@ __all__ = [
     "DatasetInfo", "DatasetNotFoundError", "Located", "Stats", "candidate_dirs", "class_indices",
     "MODEL_SPACE", "denormalize", "model_space_to_display", "model_space_to_uint8",
     "to_model_space", "digits_split_indices", "fit_zca", "get_info", "load", "locate", "normalize", "normalize_with",
-    "resize_bilinear", "sample_per_class", "to_display", "with_stats", "zca_apply", "zca_invert",
+    "resize_bilinear", "sample_per_class", "train_class_counts", "to_display", "with_stats", "zca_apply", "zca_invert",
 ]

@@ -58,6 +58,9 @@ class _Entry:
     stats: Stats
     split_sizes: dict
     prepare_hint: str
+    # Images per class of the train split, by label (fixed by the dataset's construction); None
+    # where it is only known from the data (the embedded digits: `train_class_counts` computes it).
+    train_class_counts: tuple[int, ...] | None = None
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -108,22 +111,25 @@ def _tfds_hint(name: str) -> str:
 
 _REGISTRY: dict[str, _Entry] = {
     "cifar10": _Entry("tfds", "cifar10", (32, 32, 3), CIFAR10_CLASSES, STATS["cifar10"],
-                      {"train": 50000, "test": 10000}, _tfds_hint("cifar10")),
+                      {"train": 50000, "test": 10000}, _tfds_hint("cifar10"), (5000,) * 10),
     "cifar10_jpeg": _Entry(
         "tfds", "cifar10_jpeg", (32, 32, 3), CIFAR10_CLASSES, STATS["cifar10"],
         {"train": 50000, "test": 10000},
         "cifar10_jpeg is a prepared JPEG re-encoding of CIFAR-10 (not a TFDS catalogue builder): "
         "copy its folder (cifar10_jpeg/3.0.2/ with dataset_info.json, features.json and the "
-        "array_record shards) into DIR, then pass data_dir=DIR or set JAXDIFF_DATA_DIR=DIR"),
+        "array_record shards) into DIR, then pass data_dir=DIR or set JAXDIFF_DATA_DIR=DIR",
+        (5000,) * 10),
     "cifar100": _Entry("tfds", "cifar100", (32, 32, 3), CIFAR100_CLASSES, STATS["cifar100"],
-                       {"train": 50000, "test": 10000}, _tfds_hint("cifar100")),
+                       {"train": 50000, "test": 10000}, _tfds_hint("cifar100"), (500,) * 100),
     "mnist": _Entry("tfds", "mnist", (28, 28, 1), DIGIT_CLASSES, STATS["mnist"],
-                    {"train": 60000, "test": 10000}, _tfds_hint("mnist")),
+                    {"train": 60000, "test": 10000}, _tfds_hint("mnist"),
+                    (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)),
     "fashion_mnist": _Entry("tfds", "fashion_mnist", (28, 28, 1), FASHION_MNIST_CLASSES,
                             STATS["fashion_mnist"], {"train": 60000, "test": 10000},
-                            _tfds_hint("fashion_mnist")),
+                            _tfds_hint("fashion_mnist"), (6000,) * 10),
     "svhn_cropped": _Entry("tfds", "svhn_cropped", (32, 32, 3), DIGIT_CLASSES, STATS["svhn"],
-                           {"train": 73257, "test": 26032}, _tfds_hint("svhn_cropped")),
+                           {"train": 73257, "test": 26032}, _tfds_hint("svhn_cropped"),
+                           (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659)),
     "digits": _Entry("sklearn", "", (8, 8, 1), DIGIT_CLASSES, STATS["digits"],
                      {"train": 1438, "test": 359}, "digits is embedded in scikit-learn"),
 }

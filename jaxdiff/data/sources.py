@@ -149,3 +149,14 @@ def _read_tfds(name: str, e, split: str, located: Located) -> tuple[np.ndarray, 
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"{name} {split}: labels outside [0, {num_classes})")
     return images, labels
+
+
+def train_class_counts(name: str) -> tuple[int, ...]:
+    """Images per class of the train split of `name`, by label, without loading the images:
+    the registry's table (fixed by each dataset's construction), the embedded digits' from its
+    split. A run checks its loaded data against it (`distill` does, before use)."""
+    e = entry(name)
+    if e.train_class_counts is not None:
+        return tuple(e.train_class_counts)
+    _, labels = load_digits_split("train")
+    return tuple(int(c) for c in np.bincount(labels, minlength=len(e.class_names)))

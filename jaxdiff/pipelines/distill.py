@@ -85,6 +85,10 @@ def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False)
                                   expert_epochs=loss.tm.expert_epochs)
     param = parameterisation(spec, skip_warmup=skip_warmup)
     pool = make_real_pool(train.images, train.labels, info.num_classes, info.mean, info.std)
+    if pool.per_class < loss.batch_real:
+        raise ValueError(f"{info.name}'s training data has {pool.per_class} images in its smallest "
+                         f"class, fewer than loss.batch_real = {loss.batch_real} (the registry "
+                         "expected more: is the prepared dataset complete?)")
     k_init, k_loop = jax.random.split(jax.random.key(spec.run.seed), 3)[:2]
     params, static = param.init(k_init, pool.normalised())
     o = spec.opt

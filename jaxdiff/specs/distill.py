@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxdiff import data as jdata
 from jaxdiff.distill import losses, presets
 from jaxdiff.distill.budget import BudgetReport
 from jaxdiff.distill.optim import OPTIMIZERS
@@ -228,19 +229,13 @@ def _param(r: Resolver, name: str, ipc: int, data: DataSpec) -> ParamSpec:
 
 def _batch_real(r: Resolver, data: DataSpec) -> int:
     """`loss.batch_real`, cut to the smallest class of the training split (the real-image pool
-    holds that many images per class)."""
+    holds that many images per class; `jaxdiff.data.train_class_counts`)."""
     asked = r.integer("loss.batch_real", minimum=1)
-    smallest = int(min(_class_sizes(data)))
+    smallest = int(min(jdata.train_class_counts(data.name)))
     if asked > smallest:
         return r.adjust("loss.batch_real", asked, smallest,
                         f"the smallest class of {data.name} train has {smallest} images")
     return asked
-
-
-def _class_sizes(data: DataSpec) -> list[int]:
-    import numpy as np
-    labels = data.load("train").labels
-    return np.bincount(labels, minlength=data.info.num_classes).tolist()
 
 
 def _dc(r: Resolver, ipc: int) -> DCSpec:

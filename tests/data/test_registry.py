@@ -4,6 +4,7 @@ split sizes, statistics overrides, unknown names."""
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 
 from jaxdiff import data
@@ -69,3 +70,12 @@ def test_unknown_name_and_split():
         data.load("digits", "validation")
     with pytest.raises(ValueError, match="image_size"):
         data.load("digits", image_size=0)
+
+
+def test_train_class_counts_add_up_to_the_split():
+    for name in data.DATASET_NAMES:
+        counts = data.train_class_counts(name)
+        info = data.get_info(name, "train")
+        assert len(counts) == info.num_classes and sum(counts) == info.num_examples, name
+    labels = data.load("digits", "train").labels
+    assert data.train_class_counts("digits") == tuple(np.bincount(labels).tolist())

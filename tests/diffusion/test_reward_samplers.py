@@ -1,7 +1,8 @@
-"""`jaxdiff sample` reward-guided samplers (`jaxdiff.diffusion.reward_samplers`) on the analytic
-GMM source: each builder against a straightforward call of the library method on the whole
-sample set (per-sample RNG makes batches of 8 equal to one call on all samples), 1 vs 8 devices,
-exact cost counters, the rewards (incl. the quality-net reward on real digits) and bad input.
+"""The reward-guided samplers (`jaxdiff.diffusion.reward_samplers`) through `jaxdiff sample` on
+the analytic GMM source: each sampler against a straightforward call of the library method on
+the whole sample set (per-sample RNG makes batches of 8 equal to one call on all samples), 1 vs 8
+devices, exact cost counters, the rewards (incl. the quality-net reward on real digits) and bad
+input.
 """
 
 import jax

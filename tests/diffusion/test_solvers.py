@@ -63,14 +63,17 @@ def test_gaussian_data_pf_ode_closed_form(key):
     """For x0 ~ N(mu, v I) the PF-ODE is linear with exact solution
     x(sigma) = mu + sqrt((v + sigma^2)/(v + sigma_T^2)) (x_T - mu). Each solver converges to it
     at its order (measured rates over 32/64/128 steps: Euler 1.00, Heun 2.02-2.05, DPM++(2M)
-    2.03-2.07; max errors at 128 steps 0.026 and 9.5e-4). The Gaussian is written as a mixture
-    of three identical components (the same distribution) to reuse the compiled samplers."""
+    2.03-2.07). The ODE is linear, so every sample's error is the same multiple of its
+    |x(sigma) - mu|: max errors at 128 steps relative to max |x - mu| are 0.0203 (Euler),
+    7.42e-4 (Heun), 7.51e-4 (DPM++) for every key. The Gaussian is written as a mixture of
+    three identical components (the same distribution) to reuse the compiled samplers."""
     with jax.enable_x64(True):
         mu, v, smin = jnp.array([1.0, -0.5]), 0.3, 0.01
         g = G.gaussian_mixture(jnp.array([0.2, 0.5, 0.3]), jnp.tile(mu, (3, 1)), variances=jnp.full(3, v))
         x_T = S.prior_sample(key, (64, 2), 80.0, dtype=jnp.float64)
         exact = mu + jnp.sqrt((v + smin**2) / (v + 80.0**2)) * (x_T - mu)
-        spec = {"euler": (1, 0.03), "heun": (2, 1.2e-3), "dpmpp_2m": (2, 1.2e-3)}
+        scale = float(jnp.max(jnp.abs(exact - mu)))
+        spec = {"euler": (1, 0.021), "heun": (2, 8e-4), "dpmpp_2m": (2, 8e-4)}  # x scale
         for name, (order, tol) in spec.items():
             errs = []
             for n in _ORDER_NS[1:]:
@@ -78,7 +81,7 @@ def test_gaussian_data_pf_ode_closed_form(key):
                 errs.append(float(jnp.max(jnp.abs(x - exact))))
             rates = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
             assert np.all(np.abs(rates - order) < 0.15), (name, errs, rates)
-            assert errs[-1] < tol, (name, errs)
+            assert errs[-1] < tol * scale, (name, errs, scale)
 
 
 def test_empirical_convergence_order():
