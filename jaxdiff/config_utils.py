@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -151,13 +150,3 @@ def build_config(name_or_path: str, overrides: list[tuple[str, str]]) -> ml_coll
         apply_override(config, k, v)
     return config
 
-
-def require_choice(config_value, allowed, key: str):
-    """Validate an enumerated config value with a message naming the key and the allowed values."""
-    if config_value not in allowed:
-        raise ValueError(f"config key {key!r} = {config_value!r} is not one of {sorted(allowed)}")
-    return config_value
-
-
-def expand_path(p: str) -> str:
-    return os.path.abspath(os.path.expanduser(p))
