@@ -10,6 +10,11 @@ importance-sampled as in DG; Adam 3e-4, L2 1e-7 (the reference's settings; the r
 pretrained quality classifier as a frozen feature extractor (the reference's frozen ADM
 classifier); "none" trains a conv head on the pixels.
 Then DiffRS: jaxdiff sample --config sample_digits_diffrs   (loads runs/train_discriminator_digits)
+
+This command only trains and evaluates the discriminator: the `diffrs` section (the DiffRS demo
+earlier versions ran after training) was removed; its settings are the `guidance` section of
+configs/sample_digits_diffrs.py. Runs started with the section's default values still resume
+(specs.train_discriminator keeps those values in the checkpoint fingerprint).
 """
 
 import ml_collections

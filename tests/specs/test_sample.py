@@ -40,6 +40,15 @@ def test_lidar_settings_and_solver_alias():
      "'guidance.reward.name' = 'ssim'"),
     ("sample_digits_diffrs", {"source": "gmm", "solver.name": "euler"},
      "DiffRS wraps the deterministic Heun sampler"),
+    ("sample_digits_diffrs", {"source": "gmm", "guidance.gamma": "1.5"},
+     "'guidance.gamma' = 1.5 must be <= 1"),
+    ("sample_digits_diffrs", {"source": "gmm", "guidance.warmup": "100"},
+     "'guidance.warmup' / 'guidance.warmup_batch'"),
+    ("lidar_digits", {"source": "gmm", "guidance.name": "fk", "guidance.num_particles": "3"},
+     "'guidance.num_particles' = 3 must divide 'batch_size' = 128"),
+    ("lidar_digits", {"source": "gmm", "guidance.name": "svdd", "solver.name": "heun"},
+     "'solver.name' = 'heun' must be 'ddim'"),
+    ("lidar_digits", {"source": "gmm", "guidance.scale": "-1"}, "'guidance.scale' must be"),
 ])
 def test_bad_values_name_the_key(config, over, words):
     with pytest.raises(SpecError, match=words):
