@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 from jaxdiff.diffusion import guidance as GD
+from jaxdiff.diffusion import quality_net as QN
 from jaxdiff.diffusion import solvers
 from jaxdiff.diffusion.batch_samplers import DiffRSSettings
 from jaxdiff.diffusion.reward_samplers import (REWARD_SAMPLERS, REWARDS, RewardSettings,
@@ -103,8 +104,7 @@ def resolve(config) -> SampleSpec:
     solver = _solver(r)
     batch_size = r.integer("batch_size", minimum=1)
     guidance = _guidance(r, solver.name, batch_size)
-    q = r.section("quality")
-    quality = QualitySpec(bool(q.pop("enabled", False)), int(q.pop("num_real", 0)), q)
+    quality = _quality(r)
     return SampleSpec(source, model_dir, model_spec, r.flag("use_ema"), r.get("data_dir", ""),
                       gmm, solver, r.integer("num_samples", minimum=1), batch_size,
                       _labels(r, num_classes), num_classes, guidance, quality,
@@ -118,6 +118,30 @@ def _gmm(r: Resolver) -> GMMSpec:
         raise SpecError(f"config key 'gmm.image_shape' = {shape} must be positive")
     return GMMSpec(shape, k, r.number("gmm.std", 0.0, strict=True), r.number("gmm.mean_scale"),
                    r.integer("gmm.seed", minimum=0))
+
+
+def _quality(r: Resolver) -> QualitySpec:
+    """The `quality` section: `enabled`, `num_real` and the quality net's fields. The net's
+    values are kept as written (they are its cache key: `QualityNetSpec.key`)."""
+    q = r.section("quality")
+    fields = {f.name for f in dataclasses.fields(QN.QualityNetSpec)} - {"dataset", "image_size",
+                                                                        "data_dir"}
+    for k in q:
+        if k not in fields | {"enabled", "num_real"}:
+            raise SpecError(f"config key 'quality.{k}' is unknown; valid: "
+                            f"{sorted(fields | {'enabled', 'num_real'})}")
+    for k in ("seed", "depth"):
+        if k in q:
+            r.integer(f"quality.{k}", minimum=0)
+    for k in ("width", "feature_dim", "epochs", "batch_size"):
+        if k in q:
+            r.integer(f"quality.{k}", minimum=1)
+    if "lr" in q:
+        r.number("quality.lr", 0.0, strict=True)
+    enabled = r.flag("quality.enabled") if "enabled" in q else False
+    num_real = r.integer("quality.num_real", minimum=0) if "num_real" in q else 0
+    return QualitySpec(enabled, num_real,
+                       {k: v for k, v in q.items() if k not in ("enabled", "num_real")})
 
 
 def _solver(r: Resolver) -> SolverSpec:

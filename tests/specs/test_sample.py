@@ -49,7 +49,20 @@ def test_lidar_settings_and_solver_alias():
     ("lidar_digits", {"source": "gmm", "guidance.name": "svdd", "solver.name": "heun"},
      "'solver.name' = 'heun' must be 'ddim'"),
     ("lidar_digits", {"source": "gmm", "guidance.scale": "-1"}, "'guidance.scale' must be"),
+    ("sample_digits", {"source": "gmm", "quality.epochs": "0"}, "'quality.epochs' = 0 must be >= 1"),
 ])
 def test_bad_values_name_the_key(config, over, words):
     with pytest.raises(SpecError, match=words):
         resolve(build_config(config, list(over.items())))
+
+
+def test_quality_section_checked_and_kept_as_written():
+    """The quality net's values are its cache key: kept as written; unknown keys named."""
+    spec = resolve(build_config("sample_digits", [("source", "gmm")]))
+    assert spec.quality.enabled and spec.quality.num_real == 0
+    assert spec.quality.net == dict(seed=0, width=32, feature_dim=64, epochs=20, batch_size=128,
+                                    lr=1e-3)
+    config = build_config("sample_digits", [("source", "gmm")])
+    config.quality.widht = 16
+    with pytest.raises(SpecError, match="'quality.widht' is unknown"):
+        resolve(config)
