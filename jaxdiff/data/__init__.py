@@ -30,9 +30,10 @@ from jaxdiff.data.transforms import (MODEL_SPACE, denormalize, model_space_to_di
 from jaxdiff.data.zca import ZCA, fit_zca, zca_apply, zca_invert
 
 __all__ = [
-    "DATASET_NAMES", "DIGITS_SPLIT_SEED", "SPLITS", "STATS", "ZCA", "Dataset",
+    "DATASET_NAMES", "DIGITS_SPLIT_SEED", "MODEL_SPACE", "SPLITS", "STATS", "ZCA", "Dataset",
     "DatasetInfo", "DatasetNotFoundError", "Located", "Stats", "candidate_dirs", "class_indices",
-    "MODEL_SPACE", "denormalize", "model_space_to_display", "model_space_to_uint8",
-    "to_model_space", "digits_split_indices", "fit_zca", "get_info", "load", "locate", "normalize", "normalize_with",
-    "resize_bilinear", "sample_per_class", "train_class_counts", "to_display", "with_stats", "zca_apply", "zca_invert",
+    "denormalize", "digits_split_indices", "fit_zca", "get_info", "load", "locate",
+    "model_space_to_display", "model_space_to_uint8", "normalize", "normalize_with",
+    "resize_bilinear", "sample_per_class", "to_display", "to_model_space", "train_class_counts",
+    "with_stats", "zca_apply", "zca_invert",
 ]

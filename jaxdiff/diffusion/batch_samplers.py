@@ -128,7 +128,8 @@ def diffrs_sampler(ctx: SamplingContext, settings: DiffRSSettings, disc) -> Batc
     s = settings
     # Restored arrays are committed to one device; jit refuses them beside the replicated model.
     dstate = shd.replicate(disc.state(), ctx.mesh)
-    src, b, shape, label_fn = ctx.source, ctx.batch_size, tuple(ctx.source.sample_shape), ctx.label_fn
+    src, b, label_fn = ctx.source, ctx.batch_size, ctx.label_fn
+    shape = tuple(src.sample_shape)
     k_warm = jax.random.key(s.warmup_seed)
     bsh = shd.batch_sharding(ctx.mesh)
     max_iter = s.max_iter or np.iinfo(np.int32).max

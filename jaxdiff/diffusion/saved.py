@@ -67,7 +67,8 @@ class TrainedDenoiser(NamedTuple):
         return (self.ema if use_ema else self.params, self.rest)
 
     def make_denoise(self, state):
-        """`denoise(x, sigma, cond)` for a state from `state()` (call inside the jitted function)."""
+        """`denoise(x, sigma, cond)` for a state from `state()` (call inside the jitted
+        function)."""
         params, rest = state
         return nnx_denoiser(self.graphdef, params, rest, self.sigma_data)
 

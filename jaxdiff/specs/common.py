@@ -76,8 +76,12 @@ def classifier_spec(r: Resolver, prefix: str, image_shape) -> ClassifierSpec:
     name = r.choice(f"{prefix}.name", classifiers.CLASSIFIERS)
     depth = r.integer(f"{prefix}.depth", minimum=0) if r.has(f"{prefix}.depth") else 0
     if name == "convnet" and not depth:
-        depth = r.derive(f"{prefix}.depth", classifiers.convnet_depth_for(int(image_shape[0])),
-                         f"ConvNet depth for {image_shape[0]} px images")
+        try:
+            by_size = classifiers.convnet_depth_for(int(image_shape[0]))
+        except ValueError as e:
+            raise SpecError(f"config key '{prefix}.depth' = 0 (by image size): {e}; set it "
+                            "explicitly") from None
+        depth = r.derive(f"{prefix}.depth", by_size, f"ConvNet depth for {image_shape[0]} px images")
     width = r.integer(f"{prefix}.width", minimum=1)
     norm = str(r.get(f"{prefix}.norm", "instancenorm"))
     return ClassifierSpec(name, depth, width, norm)
@@ -127,10 +131,10 @@ def run_spec(r: Resolver, *, run_dir_key: str = "run_dir", loop: bool = True) ->
         raise SpecError(f"config key {run_dir_key!r} must name a directory")
     log = r.integer("log_every", minimum=1) if loop else 0
     ckpt = r.integer("checkpoint_every", minimum=1) if loop else 0
+    seed = r.integer("seed", minimum=0) if r.has("seed") else 0
+    devices = r.integer("num_devices", minimum=0) if r.has("num_devices") else 0
     return RunSpec(run_dir=run_dir, resume=bool(r.get("resume", False)),
-                   progress=bool(r.get("progress", True)), seed=r.integer("seed", minimum=0)
-                   if r.has("seed") else 0,
-                   num_devices=r.integer("num_devices", minimum=0) if r.has("num_devices") else 0,
+                   progress=bool(r.get("progress", True)), seed=seed, num_devices=devices,
                    log_every=log, checkpoint_every=ckpt)
 
 

@@ -25,8 +25,8 @@ from jaxdiff import data as jdata
 from jaxdiff.distill import losses, presets
 from jaxdiff.distill.budget import BudgetReport
 from jaxdiff.distill.optim import OPTIMIZERS
-from jaxdiff.distill.params import PARAM_GROUPS, PARAMETERISATIONS, ddif_preset
-from jaxdiff.distill.params import get_parameterisation
+from jaxdiff.distill.params import (PARAM_GROUPS, PARAMETERISATIONS, ddif_preset,
+                                    get_parameterisation)
 from jaxdiff.distill.trajectory import MODES
 from jaxdiff.specs.base import Resolution, Resolver, SpecError
 from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, classifier_spec, data_spec,
@@ -261,8 +261,8 @@ def _tm(r: Resolver) -> TMSpec:
 
 
 def _lcmat(r: Resolver) -> LCMatSpec:
-    return LCMatSpec(r.number("loss.lcmat.rho", 0.0), r.number("loss.lcmat.weight", 0.0,
-                                                                 maximum=1.0),
+    return LCMatSpec(r.number("loss.lcmat.rho", 0.0),
+                     r.number("loss.lcmat.weight", 0.0, maximum=1.0),
                      r.choice("loss.lcmat.perturbation", LCMAT_PERTURBATIONS))
 
 
