@@ -20,6 +20,7 @@ from jaxdiff.distill.synset import LabelledSet, load_synset, save_synset
 from jaxdiff.files import atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.pipelines import common
+from jaxdiff.specs.base import SpecError
 from jaxdiff.specs.evaluate import EvaluateSpec
 
 
@@ -36,11 +37,12 @@ def training_set(spec: EvaluateSpec, train: jdata.Dataset) -> LabelledSet:
                            mean, std, method=f"random real, {spec.ipc} per class")
     s = load_synset(spec.synthetic_path)
     if s.dataset != info.name:
-        raise ValueError(f"synthetic set at {spec.synthetic_path} was made from {s.dataset!r}, "
-                         f"but data.name is {info.name!r}")
+        raise SpecError(f"config key 'synthetic_path': the set at {spec.synthetic_path} was made "
+                        f"from {s.dataset!r}, but data.name is {info.name!r}")
     if tuple(s.images.shape[1:]) != tuple(info.image_shape):
-        raise ValueError(f"synthetic images have shape {s.images.shape[1:]}, the dataset's are "
-                         f"{tuple(info.image_shape)}")
+        raise SpecError(f"config key 'synthetic_path': the set's images have shape "
+                        f"{tuple(s.images.shape[1:])}, the dataset's (data.image_size) "
+                        f"{tuple(info.image_shape)}")
     if s.zca:
         raise NotImplementedError("evaluating ZCA-space sets: transform the test split with the "
                                   "training ZCA first (not wired into `jaxdiff evaluate` yet)")

@@ -3,14 +3,20 @@
 The training set is `source`: "full" (the whole real training split), "random" (`ipc` random
 real images per class) or "synthetic" (a saved set, `synthetic_path`: a run directory or a
 `synthetic.npz`). Derived: the ConvNet depth (0: by image size) and the DSA strategy ("auto": by
-dataset). The saved set's learning rate (TM's learned step size) replaces `train.lr` when
-`train.use_saved_lr` — the pipeline says so when it happens.
+dataset). Checked before any work: `ipc` against the smallest class of the training split (the
+registry's counts) and that `synthetic_path` holds a saved set; the set's dataset and image shape
+are checked against `data` when the pipeline loads it. The saved set's learning rate (TM's
+learned step size) replaces `train.lr` when `train.use_saved_lr` — the pipeline says so when it
+happens.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
+from jaxdiff import data as jdata
+from jaxdiff.distill.synset import FILENAME as SYNSET_FILE
 from jaxdiff.specs.base import Resolution, Resolver, SpecError
 from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, classifier_spec, data_spec,
                                   dsa_strategy, run_spec)
@@ -49,9 +55,14 @@ def resolve(config) -> EvaluateSpec:
     data = data_spec(r)
     source = r.choice("source", SOURCES)
     ipc = r.integer("ipc", minimum=1 if source == "random" else 0)
+    if source == "random":
+        smallest = min(jdata.train_class_counts(data.name))
+        if ipc > smallest:
+            raise SpecError(f"config key 'ipc' = {ipc} exceeds the smallest class of {data.name}'s "
+                            f"training split ({smallest} images)")
     synthetic_path = r.path("synthetic_path")
-    if source == "synthetic" and not synthetic_path:
-        raise SpecError("source=synthetic needs --config.synthetic_path=RUN_DIR_OR_NPZ")
+    if source == "synthetic":
+        _check_synset_path(synthetic_path)
     epochs = r.integer("train.epochs", minimum=0)
     eval_epochs = tuple(int(e) for e in r.get("train.eval_epochs"))
     bad = [e for e in eval_epochs if not 1 <= e <= epochs + 1]
@@ -66,3 +77,14 @@ def resolve(config) -> EvaluateSpec:
     return EvaluateSpec(data, source, ipc, synthetic_path,
                         classifier_spec(r, "model", data.info.image_shape), train,
                         run_spec(r, loop=False), r.resolution())
+
+
+def _check_synset_path(path: str) -> None:
+    """`path` (absolute) must be a saved set: a run directory holding `synthetic.npz`, or the
+    file itself."""
+    if not path:
+        raise SpecError("source=synthetic needs --config.synthetic_path=RUN_DIR_OR_NPZ")
+    file = os.path.join(path, SYNSET_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise SpecError(f"config key 'synthetic_path' = {path!r}: no {SYNSET_FILE} there (a run "
+                        "directory of `jaxdiff distill` or `jaxdiff evaluate`, or the file)")

@@ -38,6 +38,19 @@ def test_cache_directories_are_unchanged(over):
         assert pretrain_cache_dir(spec, seed)[0] == _old_cache_dir(config, spec.data.info, seed)
 
 
+def test_resolve_notes_derived_values_and_keeps_the_config():
+    config = build_config("select_digits", [])
+    before = config.to_dict()
+    spec = resolve(config)
+    assert config.to_dict() == before
+    assert spec.pretrain.model.depth == 2 and spec.eval.model.depth == 2
+    assert spec.methods == ("uniform", "herding", "kcenter", "craig", "gradmatch", "lcmat_s")
+    notes = "\n".join(spec.resolution.notes)
+    for line in ("pretrain.model.depth -> 2", "eval.model.depth -> 2", "eval.dsa_strategy -> "):
+        assert line in notes
+    assert spec.resolution.fingerprint == config_fingerprint(config)
+
+
 def test_pool_and_budgets():
     spec = resolve(build_config("select_digits", [("select.pool_per_class", "20"),
                                                   ("select.fractions", "(0.1, 0.5)")]))
@@ -53,7 +66,21 @@ def test_pool_and_budgets():
     ({"seeds": "(-1,)"}, "'seeds' must be non-negative integers"),
     ({"data.stats": "nope"}, "'data.stats': unknown statistics 'nope'"),
     ({"eval.num_runs": "-1"}, "'eval.num_runs' = -1 must be >= 0"),
+    ({"select.fractions": "(0.001,)"}, r"'select.fractions' \(0.001\)"),
+    ({"select.methods": "('lcmat',)"}, "'select.methods'"),
 ])
 def test_bad_values_name_the_key(over, words):
     with pytest.raises(SpecError, match=words):
         resolve(build_config("select_digits", list(over.items())))
+
+
+@pytest.mark.parametrize("options,words", [
+    ({"craig": {"lam": 1.0}}, r"'select.options.craig': unknown option\(s\) \['lam'\]"),
+    ({"craig": {"embeddings": 1}}, r"'select.options.craig': unknown option\(s\) \['embeddings'\]"),
+    ({"lcmat": {}}, "'select.options.lcmat': unknown method"),
+])
+def test_bad_options_name_the_key(options, words):
+    config = build_config("select_digits", [])
+    config.select.options = options
+    with pytest.raises(SpecError, match=words):
+        resolve(config)
