@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         import json
         print(json.dumps(spec.resolution.config, indent=2, default=str))
         return 0
-    run(spec)
+    try:
+        run(spec)
+    except SpecError as e:      # a value the data or an input file refuses (named by the key)
+        parser.exit(2, f"jaxdiff {args.command}: {e}\n")
     return 0
 
 
