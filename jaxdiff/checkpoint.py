@@ -8,6 +8,11 @@ API is a one-file change. A checkpoint holds two items:
 
 Saves are asynchronous; Orbax writes into a temporary directory and renames it only when the
 write has finished, so a crash mid-save never destroys the last good checkpoint.
+
+Several processes: every process calls `save`/`restore` (Orbax's multi-host protocol: each
+writes the shards it owns, process 0 the metadata). Arrays that live on one process's devices
+only (a loop state on the default device) cannot be saved that way; they are saved as arrays
+replicated over all devices, and restored back onto the devices of `like`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdiff.files import fingerprint
 
@@ -36,6 +43,63 @@ def config_fingerprint(config: Any, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) 
     if isinstance(config, dict):
         config = {k: v for k, v in config.items() if k not in ignore}
     return fingerprint(config)
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _replicated_everywhere() -> NamedSharding:
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def _host_local(x) -> bool:
+    """A leaf Orbax cannot save in a multi-process run: an array on this process's devices only."""
+    return isinstance(x, jax.Array) and jax.process_count() > 1 and x.is_fully_addressable
+
+
+def _to_global(tree: Any) -> Any:
+    """Host-local leaves as arrays replicated over all devices (same value on every process)."""
+    if jax.process_count() == 1:
+        return tree
+    sharding = _replicated_everywhere()
+
+    def one(x):
+        if not _host_local(x):
+            return x
+        if _is_key(x):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)),
+                                            impl=jax.random.key_impl(x))
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+    return jax.tree.map(one, tree)
+
+
+def _abstract(like: Any) -> Any:
+    """Restore targets: `like`'s shapes/dtypes/shardings, host-local leaves replicated globally."""
+    sharding = _replicated_everywhere() if jax.process_count() > 1 else None
+
+    def one(x):
+        if _host_local(x):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return ocp.utils.to_shape_dtype_struct(x)
+
+    return jax.tree.map(one, like)
+
+
+def _to_local(restored: Any, like: Any) -> Any:
+    """Undo `_to_global`: restored leaves whose `like` was host-local go back onto its devices."""
+    if jax.process_count() == 1:
+        return restored
+
+    def one(r, x):
+        if not _host_local(x):
+            return r
+        return jax.device_put(r.addressable_shards[0].data, x.sharding)
+
+    return jax.tree.map(one, restored, like)
 
 
 class ConfigMismatchError(ValueError):
@@ -72,7 +136,7 @@ class Checkpointer:
         meta["step"] = int(step)
         self._manager.save(
             int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_to_global(state)),
                                     meta=ocp.args.JsonSave(meta)),
             force=True,
         )
@@ -97,10 +161,9 @@ class Checkpointer:
                 f"checkpoint {self.directory}/{step} was written by a run with config fingerprint "
                 f"{found}, but this run's config has fingerprint {self.fingerprint}. Resume with the "
                 "same config, or start a fresh run directory.")
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        return step, restored.state, meta
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(like))))
+        return step, _to_local(restored.state, like), meta
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -96,9 +96,20 @@ def _parser() -> argparse.ArgumentParser:
         description="jaxdiff: diffusion test-time sampling and dataset reduction in JAX.",
         epilog="Config overrides: --config.section.key=value (unknown keys are rejected and "
                "the valid keys listed). Presets live in configs/.")
+    cluster = argparse.ArgumentParser(add_help=False)
+    g = cluster.add_argument_group(
+        "several processes (multi-host; see README \"Run on a cluster\")",
+        "Every process runs the same command with the same config. Without these (or "
+        "JAXDIFF_COORDINATOR / JAXDIFF_NUM_PROCESSES / JAXDIFF_PROCESS_ID), a SLURM, Open MPI, "
+        "Cloud TPU or Kubernetes launch is detected; otherwise the run is one process.")
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="address of process 0's coordinator (a loopback address binds to "
+                        "loopback only)")
+    g.add_argument("--num-processes", metavar="N", type=int, default=None)
+    g.add_argument("--process-id", metavar="I", type=int, default=None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (default, _, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_, description=help_)
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[cluster])
         sp.add_argument("--config", default=default,
                         help=f"preset name in configs/ or path to a config file (default: {default})")
         sp.add_argument("--resume", action="store_true", help="resume from the run's last checkpoint")
@@ -133,28 +144,64 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"jaxdiff {args.command}: {e.args[0] if e.args else e}\n")
     if "resume" in config:
         config.resume = bool(args.resume or config.resume)
-    resolve, run = COMMANDS[args.command].load()
-    if resolve is None:      # a command not yet on specs: its pipeline reads the config
-        if args.print_config:
-            print(config)
-            return 0
-        run(config)
-        return 0
-    from jaxdiff.specs.base import SpecError, print_resolved
+    from jaxdiff.errors import UserError
 
     try:
-        spec = resolve(config)
-    except SpecError as e:
-        parser.exit(2, f"jaxdiff {args.command}: {e}\n")
+        return _run_command(args, config)
+    except UserError as e:       # a value, file or run the user can fix: no traceback
+        _exit(2, f"jaxdiff {args.command}: {e}\n")
+    except Exception:
+        if not _several_processes():
+            raise                # an internal error keeps its traceback
+        import traceback
+
+        import jax
+        traceback.print_exc()
+        _exit(1, f"jaxdiff {args.command}: process {jax.process_index()} of "
+                 f"{jax.process_count()} stopped on the error above (when another process died, "
+                 "this one fails in the next collective). Checkpoints up to the last save are "
+                 "kept: start all processes again with --resume.\n")
+
+
+def _several_processes() -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _exit(code: int, message: str) -> None:
+    """Print `message` and exit. In a multi-process run exit at once: the normal exit would wait
+    at jax's shutdown barrier for processes that may be stuck in a collective; the distributed
+    runtime then stops the others (within JAXDIFF_HEARTBEAT_TIMEOUT seconds)."""
+    import os
+    sys.stderr.write(message)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _several_processes():
+        os._exit(code)
+    raise SystemExit(code)
+
+
+def _run_command(args, config) -> int:
+    """Start the processes (if several), resolve, check that all processes agree, run."""
+    from jaxdiff import distributed
+
+    launch = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if launch.source != "single":
+        from jaxdiff.sharding import data_mesh
+        print(f"[jaxdiff] {distributed.describe(data_mesh())} (started from {launch.source})",
+              flush=True)
+    resolve, run = COMMANDS[args.command].load()
+    from jaxdiff.specs.base import print_resolved
+
+    spec = resolve(config)
+    distributed.check_same("resolved config", {"command": args.command,
+                                               "config": spec.resolution.config})
     if args.print_config:
         print_resolved(spec.resolution)
         import json
         print(json.dumps(spec.resolution.config, indent=2, default=str))
         return 0
-    try:
-        run(spec)
-    except SpecError as e:      # a value the data or an input file refuses (named by the key)
-        parser.exit(2, f"jaxdiff {args.command}: {e}\n")
+    run(spec)
     return 0
 
 

@@ -4,6 +4,11 @@ Atomic: every writer below writes to a temporary name beside the target (the pro
 name, so two processes never share one) and publishes it with `os.replace`, so a crash leaves
 either the old file or the new one, never a truncated one.
 
+Multi-process runs: only process 0 writes (`jaxdiff.distributed.is_main`); on the others every
+writer below returns the path without touching the disk, so library code writes unconditionally
+and one copy of each file appears. A process that must read a file another one wrote waits at a
+`distributed.barrier` first.
+
 Fingerprints: `fingerprint(obj)` is the first hex digits of the sha256 of the object's canonical
 JSON (sorted keys, `str()` for anything JSON cannot encode). Checkpoint config checks, the
 decoded-data cache, the quality-network cache and the DiffRS warm-up cache all key on it, so the
@@ -19,6 +24,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from jaxdiff.distributed import is_main
 
 
 def canonical_json(obj: Any) -> str:
@@ -42,6 +49,8 @@ def _json_default(o):
 def atomic_write_text(path: str | os.PathLike, text: str) -> str:
     """Write `text` to `path` atomically; returns the path."""
     path = os.fspath(path)
+    if not is_main():
+        return path
     tmp = _tmp_name(path)
     with open(tmp, "w") as f:
         f.write(text)
@@ -58,6 +67,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = Fa
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, *, fsync: bool = True) -> str:
     """`np.save` one array atomically; `fsync` first so a power cut cannot publish a hole."""
     path = os.fspath(path)
+    if not is_main():
+        return path
     tmp = _tmp_name(path)
     with open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(array))
@@ -71,6 +82,8 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, *, fsync: bool =
 def atomic_savez(path: str | os.PathLike, **arrays) -> str:
     """`np.savez(path, **arrays)` atomically (`path` should end in `.npz`)."""
     path = os.fspath(path)
+    if not is_main():
+        return path
     tmp = _tmp_name(path, ".npz")   # np.savez appends .npz to names without it
     np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
     os.replace(tmp, path)

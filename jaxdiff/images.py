@@ -7,6 +7,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from jaxdiff.distributed import is_main
+
 
 def make_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
     """Tile `[N, H, W, C]` images in [0, 1] into one `[rows*(H+pad)+pad, cols*(W+pad)+pad, C]` array."""
@@ -36,6 +38,8 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, ncol: int | None = No
     arr = (grid * 255 + 0.5).astype(np.uint8)
     if arr.shape[-1] == 1:
         arr = arr[..., 0]
+    if not is_main():   # multi-process: process 0 writes (jaxdiff.distributed)
+        return os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(arr).save(path)
     return os.fspath(path)

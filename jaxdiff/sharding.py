@@ -18,19 +18,24 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def initialize_distributed(**kwargs) -> None:
-    """Call `jax.distributed.initialize` for multi-host runs (no-op for a single process).
+def put(x: Any, target: jax.sharding.Sharding) -> jax.Array:
+    """`jax.device_put(x, target)` that also works when `target` spans several processes.
 
-    On Slurm, Kubernetes and Cloud TPU no arguments are needed; otherwise pass
-    `coordinator_address`, `num_processes`, `process_id`. Must run before any device use.
+    There every process must pass the same value (from the same seed or file). jax's own check
+    of that compares with `==`, which fails on NaN (DDiF's warm-up statistics hold NaN), and a
+    jax.Array on one process's devices cannot move across hosts; so host values (and host-local
+    arrays, via numpy) are assembled from each process's addressable pieces instead.
     """
-    if kwargs or _looks_multihost():
-        jax.distributed.initialize(**kwargs)
-
-
-def _looks_multihost() -> bool:
-    import os
-    return any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS_GT1"))
+    if jax.process_count() == 1 or target.is_fully_addressable:
+        return jax.device_put(x, target)
+    if isinstance(x, jax.Array):
+        if not x.is_fully_addressable:
+            return jax.device_put(x, target)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put(jax.random.key_data(x), target),
+                                            impl=jax.random.key_impl(x))
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, target, lambda idx: value[idx])
 
 
 def data_mesh(num_devices: int | None = None, axis_name: str = DATA_AXIS) -> jax.sharding.Mesh:
@@ -59,19 +64,20 @@ def shard_batch(tree: Any, mesh: jax.sharding.Mesh, axis_name: str = DATA_AXIS) 
     """
     n = mesh.shape[axis_name]
 
-    def put(x):
+    def one(x):
         x = np.asarray(x) if not isinstance(x, jax.Array) else x
         if x.ndim == 0 or x.shape[0] % n:
             raise ValueError(f"cannot shard an array of shape {x.shape} over {n} devices: the "
                              f"leading axis must be a multiple of {n}")
-        return jax.device_put(x, batch_sharding(mesh, axis_name))
+        return put(x, batch_sharding(mesh, axis_name))
 
-    return jax.tree.map(put, tree)
+    return jax.tree.map(one, tree)
 
 
 def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
     """Place every array of `tree` on every device of the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    target = replicated(mesh)
+    return jax.tree.map(lambda x: put(x, target), tree)
 
 
 def local_batch_to_global(local: Any, mesh: jax.sharding.Mesh, axis_name: str = DATA_AXIS) -> Any:

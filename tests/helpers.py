@@ -2,14 +2,19 @@
 
 One place for what several test files use; test files import from here, never from each other.
 Sections: models (reference conv and norms, jitted calls), ops (tolerances, a fast-compiling
-jit), configs (tiny presets), diffusion oracles (the DiffRS Gaussian pair, Gaussian mixtures and
-rewards with exact answers).
+jit), configs (tiny presets), processes (the real `jaxdiff` CLI as N processes on loopback),
+diffusion oracles (the DiffRS Gaussian pair, Gaussian mixtures and rewards with exact answers).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -142,6 +147,66 @@ def tiny_sample_config(run_dir, **over):
     c.progress = False
     c.run_dir = str(run_dir)
     return set_values(c, **over)
+
+
+# ---------------------------------------------------------------------------------- processes
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cli(args, *, processes=2, devices=4, port=None, env=None, ids=None):
+    """Start `jaxdiff <args>` as `processes` real processes (`devices` fake CPU devices each),
+    joined by a loopback coordinator; `processes=1` starts one plain process. Returns the
+    `Popen`s (stdout+stderr to a pipe). Heartbeat timeout 10 s: a dead peer stops the others."""
+    port = port or free_port()
+    base = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} " + os.environ.get("TEST_XLA_EXTRA", ""),
+                JAXDIFF_HEARTBEAT_TIMEOUT="10", JAXDIFF_INIT_TIMEOUT="60",
+                PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    base.update(env or {})
+    procs = []
+    for i in (ids if ids is not None else range(processes)):
+        cmd = [sys.executable, "-m", "jaxdiff.cli", *map(str, args)]
+        if processes > 1:
+            cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
+                    "--process-id", str(i)]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=base, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def wait_cli(procs, timeout=300):
+    """`[(returncode, output)]` of every process; any still running after `timeout` seconds (all
+    together) is killed with SIGKILL (a process stuck in a collective ignores SIGTERM) and
+    reported with returncode None."""
+    deadline = time.monotonic() + timeout
+    out = []
+    for p in procs:
+        try:
+            text, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            out.append((p.returncode, text))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            text, _ = p.communicate()
+            out.append((None, text))
+    return out
+
+
+def run_cli(args, *, processes=2, devices=4, timeout=300, env=None):
+    """`start_cli` + `wait_cli`; fails the test (showing each process's output tail) unless every
+    process exits 0."""
+    res = wait_cli(start_cli(args, processes=processes, devices=devices, env=env), timeout)
+    bad = [(i, rc, text) for i, (rc, text) in enumerate(res) if rc != 0]
+    if bad:
+        raise AssertionError("\n\n".join(f"process {i} exited {rc}:\n{text[-3000:]}"
+                                          for i, rc, text in bad))
+    return [text for _, text in res]
 
 
 # ---------------------------------------------------------------------------------- DiffRS oracle

@@ -37,6 +37,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 from jaxdiff import data as jdata
+from jaxdiff import distributed
 from jaxdiff.batching import epoch_batches, padded_batches
 from jaxdiff.files import atomic_save_npy, atomic_savez, atomic_write_json
 from jaxdiff.models.functional import apply_pool, init_pool, masked_cross_entropy
@@ -98,7 +99,8 @@ class ExpertStore:
                 "format": FORMAT, "num_params": int(num_params), "epochs": int(epochs),
                 "dtype": "float32"}
         path = os.path.join(root, "meta.json")
-        if os.path.exists(path):
+        # process 0 decides: another process could already see the meta.json written below
+        if distributed.agree(os.path.exists(path)):
             if not exist_ok:
                 raise FileExistsError(f"{root} already holds an expert store; pass --resume to "
                                       "continue it, or choose another directory")
@@ -110,6 +112,7 @@ class ExpertStore:
             return store
         os.makedirs(root, exist_ok=True)
         atomic_write_json(path, full, sort_keys=True)
+        distributed.barrier("expert_store_created")   # every process may now open it
         return cls(root)
 
     # ----------------------------------------------------------------------------- paths
@@ -230,7 +233,10 @@ class ExpertStore:
         return np.load(path)
 
     def finalize(self, expert: int) -> None:
-        """Merge snapshots 0..E of an in-progress expert into `expert_#####.npy`, atomically."""
+        """Merge snapshots 0..E of an in-progress expert into `expert_#####.npy`, atomically
+        (process 0 only, like every file write)."""
+        if not distributed.is_main():
+            return
         if self.resume_epoch(expert) != self.epochs:
             raise ValueError(f"expert {expert} has snapshots up to epoch "
                              f"{self.resume_epoch(expert)}, not {self.epochs}")

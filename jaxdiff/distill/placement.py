@@ -41,8 +41,16 @@ class Placement:
     def put_instances(self, tree: Any) -> Any:
         """Place a pytree whose leaves have the instance axis first (params, optimiser state)."""
         return jax.tree.map(
-            lambda a: jax.device_put(a, self._spec(a.shape, 0) if a.ndim else
-                                     NamedSharding(self.mesh, P())), tree)
+            lambda a: sharding.put(a, self._spec(a.shape, 0) if a.ndim else
+                                   NamedSharding(self.mesh, P())), tree)
+
+    def put_state(self, state: Any) -> Any:
+        """Place a loop state NamedTuple: `params` and `opt` by instance, every other field
+        replicated. Every leaf then lives on the mesh, so a restored state (Orbax restores each
+        leaf onto the devices of the state it is given) has the same placement as a fresh one."""
+        return state._replace(**{
+            name: (self.put_instances(v) if name in ("params", "opt") else self.replicate(v))
+            for name, v in state._asdict().items()})
 
     def replicate(self, tree: Any) -> Any:
         """Place every array of `tree` on every device of the mesh."""

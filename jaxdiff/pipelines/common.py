@@ -8,7 +8,7 @@ import time
 
 import jax
 
-from jaxdiff import sharding
+from jaxdiff import distributed, sharding
 from jaxdiff.specs.base import Resolution, SpecError, print_resolved, write_config
 
 
@@ -21,9 +21,12 @@ def make_run_dir(path: str) -> str:
 
 def open_run_dir(run_dir: str, resolution: Resolution) -> str:
     """Make `run_dir`, print the resolved block and write `config.json` (the resolved config and
-    how it was resolved); returns the absolute path."""
+    how it was resolved); returns the absolute path. With several processes: process 0 prints
+    and writes, and every process must see the directory (a `UserError` otherwise)."""
     path = make_run_dir(run_dir)
-    print_resolved(resolution)
+    distributed.check_shared_dir(path)
+    if distributed.is_main():
+        print_resolved(resolution)
     write_config(path, resolution)
     return path
 
@@ -41,6 +44,10 @@ class Timer:
 def data_mesh_checked(num_devices: int, **batch_sizes: int):
     """`(mesh, n)`: a 1-D data mesh over `num_devices` (0 = all) and its size, after checking that
     every named batch size (config key, `__` for `.` -> value) splits evenly over it."""
+    if distributed.process_count() > 1 and num_devices not in (0, jax.device_count()):
+        raise SpecError(f"config key 'num_devices' = {num_devices}: a run over "
+                        f"{distributed.process_count()} processes uses all "
+                        f"{jax.device_count()} devices; set num_devices=0")
     mesh = sharding.data_mesh(num_devices or None)
     n = mesh.shape[sharding.DATA_AXIS]
     for key, size in batch_sizes.items():

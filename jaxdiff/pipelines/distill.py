@@ -40,6 +40,7 @@ from jaxdiff.distill.placement import Placement
 from jaxdiff.distill.real_pool import make_real_pool
 from jaxdiff.distill.synset import LabelledSet, save_synset
 from jaxdiff.distill.trajectory import flat_student
+from jaxdiff.distributed import agree, to_host
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.models.classifiers import classifier_factory
@@ -97,8 +98,7 @@ def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False)
     place = Placement(sharding.data_mesh(spec.run.num_devices or None))
     make_model = spec.model.factory(info.image_shape, info.num_classes)
     step = _method_step(spec, param, opt, make_model, place, experts, k_init)
-    state = step.init(place.put_instances(params), k_loop)
-    state = state._replace(opt=place.put_instances(state.opt), key=place.replicate(state.key))
+    state = place.put_state(step.init(place.put_instances(params), k_loop))
     jitted = jax.jit(step.update, donate_argnums=0)
     report = spec.param.budget
     if loss.name == "tm":
@@ -154,7 +154,7 @@ def run(spec: DistillSpec) -> dict:
     b = build(spec, train, skip_warmup=resuming)
     static = _frozen_arrays(run_dir, b.static, resuming)
     decode_all = jax.jit(lambda p, st: b.param.decode(p, st))
-    labels = np.asarray(b.param.labels(static))
+    labels = to_host(b.param.labels(static))
     evaluate = _evaluator(spec, b.make_model, train.info)
     if not resuming:
         _save_grid(run_dir, "init.png", decode_all(b.state.params, static), spec)
@@ -173,7 +173,7 @@ def run(spec: DistillSpec) -> dict:
                               log_every=spec.run.log_every, resume=spec.run.resume,
                               desc=f"distill {b.param.name}/{spec.loss.name}", on_log=on_log,
                               progress=spec.run.progress)
-    images = np.asarray(decode_all(state.params, static))
+    images = to_host(decode_all(state.params, static))
     out = _write_outputs(spec, run_dir, b, state, static, images, labels, method, history)
     out["distill_seconds"] = timer.elapsed()
     if spec.eval.num_runs > 0:
@@ -187,8 +187,8 @@ def run(spec: DistillSpec) -> dict:
 
 
 def _has_checkpoint(run_dir: str) -> bool:
-    d = os.path.join(run_dir, "checkpoints")
-    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+    d = os.path.join(run_dir, "checkpoints")   # process 0's view decides for all processes
+    return agree(os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d)))
 
 
 def _frozen_arrays(run_dir: str, static: dict, resuming: bool) -> dict:
@@ -198,13 +198,13 @@ def _frozen_arrays(run_dir: str, static: dict, resuming: bool) -> dict:
     if resuming and os.path.exists(path):
         with np.load(path) as f:
             return {k: jnp.asarray(f[k]) for k in f.files}
-    atomic_savez(path, **{k: np.asarray(v) for k, v in static.items()})
+    atomic_savez(path, **to_host(dict(static)))
     return static
 
 
 def _eval_lr(spec: DistillSpec, state) -> float:
     """TM learns the student's step size α; the references evaluate with it (dd-common §8)."""
-    return float(state.syn_lr) if hasattr(state, "syn_lr") else spec.eval.lr
+    return float(to_host(state.syn_lr)) if hasattr(state, "syn_lr") else spec.eval.lr
 
 
 def _evaluator(spec: DistillSpec, make_model, info):
@@ -233,8 +233,8 @@ def _write_outputs(spec, run_dir, b: Built, state, static, images, labels, metho
                                      np.asarray(info.std, np.float32), method=method,
                                      lr=eval_lr if hasattr(state, "syn_lr") else float("nan")))
     atomic_savez(os.path.join(run_dir, "params.npz"),
-                 **{f"params/{k}": np.asarray(v) for k, v in state.params.items()},
-                 **{f"static/{k}": np.asarray(v) for k, v in static.items()})
+                 **{f"params/{k}": v for k, v in to_host(dict(state.params)).items()},
+                 **{f"static/{k}": v for k, v in to_host(dict(static)).items()})
     _save_grid(run_dir, "final.png", images, spec)
     return {"method": method, "dataset": info.name, "budget": str(b.report),
             "instances": int(len(labels)),

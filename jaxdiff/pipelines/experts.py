@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxdiff import distributed
 from jaxdiff.distill import augment as dsa
 from jaxdiff.distill.experts import ExpertStore, expert_data, make_expert_trainer, param_layout
 from jaxdiff.files import atomic_write_json
@@ -88,6 +89,7 @@ def run(spec: ExpertsSpec) -> dict:
     finally:
         bar.close()
         writer.close()
+    distributed.barrier("experts_done")   # process 0 has merged the trajectories
     out = _results(info, store, per_expert, timer)
     atomic_write_json(results_path, out)
     accs = [v["test_accuracy"] for v in per_expert.values()]

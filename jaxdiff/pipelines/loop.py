@@ -15,19 +15,23 @@ import os
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.distributed import to_host
 from jaxdiff.metrics import MetricWriter, check_finite
 
 StepFn = Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]]
 
 
 def _all_finite(tree) -> bool:
+    """Whether every floating leaf is finite: each leaf reduced where it lives (one scalar to the
+    host, which also works for arrays sharded over several processes)."""
     leaves = [x for x in jax.tree.leaves(tree)
-              if hasattr(x, "dtype") and np.issubdtype(np.asarray(x).dtype, np.floating)]
-    return all(bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves)
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)]
+    return all(bool(to_host(jnp.all(jnp.isfinite(x)))) for x in leaves)
 
 
 def run_loop(
@@ -86,7 +90,7 @@ def run_loop(
             state, metrics = step_fn(state, np.int32(step))
             done = step + 1
             if done % log_every == 0 or done == num_steps:
-                row = {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+                row = {k: float(v) for k, v in to_host(dict(metrics)).items()}
                 check_finite(step, **row)
                 if on_log is not None:
                     row.update(on_log(done, state, row) or {})

@@ -37,6 +37,7 @@ from jaxdiff.diffusion import schedules
 from jaxdiff.diffusion.batch_samplers import (DenoiserSource, SamplingContext, diffrs_sampler,
                                               plain_sampler)
 from jaxdiff.diffusion.saved import load_discriminator, load_model
+from jaxdiff.distributed import to_host
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.pipelines import common
@@ -106,12 +107,13 @@ def generate(spec: SampleSpec, source: DenoiserSource | None = None) -> dict:
     hparams = {k: jnp.float32(v) for k, v in s.hparams.items()}
     n, b = spec.num_samples, spec.batch_size
     outs = [fn(state, key, jnp.int32(off), sigmas, hparams) for off in range(0, n, b)]
-    samples = np.concatenate([np.asarray(x) for x, _ in outs])[:n]
+    outs = to_host(outs)        # sharded over all processes' devices: gathered
+    samples = np.concatenate([x for x, _ in outs])[:n]
     aux = {k: float(np.mean([float(a[k]) for _, a in outs])) for k in outs[0][1]}
     idx = jnp.arange(n, dtype=jnp.int32)
-    labels_host = np.full(n, -1, np.int32) if labels is None else np.asarray(labels(idx))
+    labels_host = np.full(n, -1, np.int32) if labels is None else to_host(labels(idx))
     return {"samples": samples, "labels": labels_host, "nfe": int(round(aux["nfe"])),
-            "aux": aux, "sigmas": np.asarray(sigmas), "source": source,
+            "aux": aux, "sigmas": to_host(sigmas), "source": source,
             "seconds": timer.elapsed(), "mesh_size": ndev, "solver": s.name,
             "solver_hparams": dict(s.hparams), "sampler": fn}
 

@@ -31,6 +31,7 @@ from jaxdiff.diffusion import schedules, solvers
 from jaxdiff.diffusion.saved import MODEL_JSON, save_model
 from jaxdiff.diffusion.train import (LoopState, denoiser_optimizer, init_train_state,
                                      make_loop_step, nnx_denoiser)
+from jaxdiff.distributed import to_host
 from jaxdiff.files import atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.models.denoisers import build_denoiser
@@ -100,7 +101,7 @@ def run(spec: TrainDenoiserSpec) -> dict:
         print(f"[jaxdiff train-denoiser] stopped after {stop} of {t.steps} steps (stop_after); "
               "continue with --resume --config.stop_after=0", flush=True)
         return {"stopped_at": stop, "run_dir": run_dir}
-    final = jax.device_get(state.train)
+    final = to_host(state.train)
     model_dir = save_model(run_dir, final.params, final.ema, final.rest, spec.net, step=t.steps)
     grid = write_grid("final", state)
     losses = [r["loss_avg"] for r in history]

@@ -31,6 +31,7 @@ from jaxdiff.diffusion import discriminator as D
 from jaxdiff.diffusion import schedules, solvers
 from jaxdiff.diffusion.saved import (DISC_JSON, TrainedDenoiser, build_discriminator, load_model,
                                      save_discriminator)
+from jaxdiff.distributed import to_host
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines.loop import run_loop
@@ -53,7 +54,7 @@ def generate_fake(model: TrainedDenoiser, fake: FakeSpec, key, mesh, num_classes
 
     state = shd.replicate(model.state(True), mesh)
     sig = schedules.karras_sigmas(fake.steps, fake.sigma_min, fake.sigma_max, fake.rho)
-    xs = [np.asarray(batch(state, jnp.int32(o), sig)) for o in range(0, fake.num, b)]
+    xs = [to_host(batch(state, jnp.int32(o), sig)) for o in range(0, fake.num, b)]
     labels = (np.arange(fake.num) % num_classes) if num_classes else np.full(fake.num, -1)
     return np.concatenate(xs)[:fake.num].astype(np.float32), labels.astype(np.int32)
 
@@ -67,7 +68,7 @@ def accuracy_by_noise(vp_logit, real, fake, key, taus=(0.0, 0.05, 0.2, 0.5, 1.0)
         tf = jnp.full((fake.shape[0],), t, jnp.float32)
         xr = D.perturb_vp(real, tr, jax.random.normal(kr, real.shape))
         xf = D.perturb_vp(fake, tf, jax.random.normal(kf, fake.shape))
-        lr, lf = np.asarray(vp_logit(xr, tr)), np.asarray(vp_logit(xf, tf))
+        lr, lf = to_host((vp_logit(xr, tr), vp_logit(xf, tf)))
         out[f"tau={t:g}"] = float((np.sum(lr > 0) + np.sum(lf <= 0)) / (lr.size + lf.size))
     return out
 
@@ -146,7 +147,7 @@ def run(spec: TrainDiscriminatorSpec) -> dict:
         print(f"[jaxdiff train-discriminator] stopped after {stop} of {total} steps; continue "
               "with --resume --config.stop_after=0", flush=True)
         return {"stopped_at": stop, "run_dir": run_dir}
-    final = jax.device_get(state["disc"])
+    final = to_host(state["disc"])
     save_discriminator(run_dir, final.params, final.frozen, spec.disc, step=total)
     acc = {} if spec.num_classes else _accuracy(graphdef, final, real_ds, fake, k_eval)
     out = {"dataset": spec.dataset, "model_dir": spec.model_dir, "disc_spec": spec.disc,

@@ -28,10 +28,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jaxdiff.checkpoint import RUN_CONTROL_KEYS, config_fingerprint
+from jaxdiff.errors import UserError
 from jaxdiff.files import atomic_write_json
 
 
-class SpecError(ValueError):
+class SpecError(UserError):
     """A config value that cannot be used; the message names the key, the value and the fix."""
 
 

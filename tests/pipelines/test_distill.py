@@ -57,8 +57,9 @@ def test_distill_changes_the_images(tmp_path):
     assert not np.allclose(z["params/images"], p["params/images"])
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-    over = {"param.name": "ddif", "eval.num_runs": 0}
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_resume_equals_uninterrupted(tmp_path, num_devices):
+    over = {"param.name": "ddif", "eval.num_runs": 0, "num_devices": num_devices}
     distill.run(tiny_distill_config(tmp_path / "full", **over))
     distill.run(tiny_distill_config(tmp_path / "cut", **over, iterations=2))
     cfg = tiny_distill_config(tmp_path / "cut", **over)
@@ -172,7 +173,7 @@ def test_tm_distills_and_learns_the_step_size(tmp_path, tiny_experts, param):
 
 
 def test_tm_resume_equals_uninterrupted(tmp_path, tiny_experts):
-    over = {"param.name": "pixel"}
+    over = {"param.name": "pixel", "num_devices": 8}
     distill.run(_tm(tmp_path / "full", tiny_experts, **over))
     distill.run(_tm(tmp_path / "cut", tiny_experts, iterations=2, **over))
     cfg = _tm(tmp_path / "cut", tiny_experts, **over)

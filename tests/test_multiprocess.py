@@ -1,0 +1,274 @@
+"""The real `jaxdiff` CLI as 2 processes x 4 fake CPU devices on loopback, against 1 x 8.
+
+Each command runs twice on the same tiny config: one process with 8 devices, and two processes
+with 4 devices each joined by a loopback coordinator (tests/helpers.start_cli). Results must
+agree; the tolerance per command is what XLA:CPU's arithmetic allows:
+
+* bitwise: distill DDiF DM and pixel TM parameters, evaluation accuracies, selections of
+  `uniform`, train-denoiser's final loss and the experts' first epochs — the same programs on
+  the same per-device data;
+* experts' later epochs within 1e-6 absolute (observed 1.5e-8): XLA:CPU splits some reductions
+  differently when a process owns 4 devices instead of 8 (1 x 4 differs from 1 x 8 the same way,
+  so this is the device count per process, not multi-process);
+* samples within 1e-4 absolute on values of order 1 (observed 2e-5, the same cause);
+  LCMat-S's selection may swap a near-tie (observed 1 of 143 indices), so >= 95 % is shared.
+
+Also: killing one process makes the other exit with an error within a bounded time (the
+heartbeat timeout is 10 s here), `--resume` with 2 processes continues, and a resume on another
+mesh (1 process x 4 devices) finishes with the uninterrupted result; bad start-ups (processes
+that disagree on the config or the process count, a reused id, a busy port, no coordinator,
+incomplete flags) stop every process with a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_cli, start_cli, wait_cli
+
+pytestmark = pytest.mark.slow
+
+Q = ["--config.progress=False"]
+
+
+def _both(tmp_path, name, args, *, extra=()):
+    """Run `args` (+ `--config.<dir key>=<dir>`) as 1 x 8 and 2 x 4; returns the two dirs."""
+    key, rest = args[0], args[1:]
+    one, two = tmp_path / f"{name}_1x8", tmp_path / f"{name}_2x4"
+    run_cli([*rest, f"--config.{key}={one}", *extra], processes=1, devices=8)
+    out = run_cli([*rest, f"--config.{key}={two}", *extra], processes=2, devices=4)
+    assert "process 1 of 2: 4 local / 8 global devices (cpu), mesh data=8" in out[1]
+    return one, two
+
+
+def _npz(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _assert_same_npz(a, b, atol=0.0):
+    a, b = _npz(a), _npz(b)
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k].dtype.kind == "f" and atol:
+            np.testing.assert_allclose(a[k], b[k], rtol=0, atol=atol, err_msg=k)
+        else:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _results(d):
+    with open(os.path.join(d, "results.json")) as f:
+        return json.load(f)
+
+
+def _only_process0_wrote(d):
+    """No temporary or per-process leftovers: files are written once, by process 0."""
+    names = [n for _, _, fs in os.walk(d) for n in fs]
+    assert not [n for n in names if ".tmp" in n or n.startswith(".process_check")], names
+
+
+DISTILL = ["run_dir", "distill", "--config", "quickstart", "--config.data.image_size=8",
+           "--config.ipc=2", "--config.model.width=8", "--config.loss.batch_real=8",
+           "--config.eval.epochs=2", "--config.eval.num_runs=1",
+           "--config.eval.compare_random=False", "--config.param.ddif.warmup_steps=5",
+           "--config.log_every=2", "--config.checkpoint_every=2", *Q]
+
+
+def test_distill_ddif_dm_kill_then_resume_equals_one_process(tmp_path):
+    """1 x 8 uninterrupted vs 2 x 4 killed after its first checkpoint, resumed with 2 x 4 and
+    finished on 1 x 4: bitwise the same parameters and accuracy."""
+    one = tmp_path / "ddif_1x8"
+    run_cli([*DISTILL[1:], f"--config.run_dir={one}", "--config.iterations=6"], processes=1,
+            devices=8)
+
+    # kill -9 process 1 once a checkpoint exists: process 0 must stop on its own, in bounded time
+    cut = tmp_path / "cut"
+    procs = start_cli([*DISTILL[1:], f"--config.run_dir={cut}", "--config.iterations=400"],
+                      processes=2, devices=4)
+    deadline = time.monotonic() + 120
+    while not (cut / "checkpoints" / "2").is_dir() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (cut / "checkpoints" / "2").is_dir(), "no checkpoint appeared"
+    procs[1].kill()
+    t0 = time.monotonic()
+    (rc0, text0), _ = wait_cli(procs, timeout=90)
+    assert rc0 not in (0, None), text0[-2000:]          # exited with an error, did not hang
+    assert time.monotonic() - t0 < 60
+    assert ("stopped on the error above" in text0 and "--resume" in text0
+            or "another task died" in text0), text0[-2000:]
+
+    # resume with 2 processes to step 4, then on another mesh (1 process x 4 devices) to 6:
+    # Orbax restores onto the new mesh, and the result is still the uninterrupted one
+    out = run_cli([*DISTILL[1:], f"--config.run_dir={cut}", "--config.iterations=4",
+                   "--resume"], processes=2, devices=4)
+    assert "resumed from" in out[0]
+    out = run_cli([*DISTILL[1:], f"--config.run_dir={cut}", "--config.iterations=6",
+                   "--resume"], processes=1, devices=4)
+    assert f"resumed from {cut}/checkpoints/4" in out[0]
+    _assert_same_npz(one / "params.npz", cut / "params.npz")
+    assert _results(one)["accuracy_runs"] == _results(cut)["accuracy_runs"]
+    _only_process0_wrote(cut)
+
+
+def test_experts_and_tm_pixel(tmp_path):
+    experts = ["buffer_dir", "experts", "--config", "experts_digits", "--config.data.image_size=8",
+               "--config.model.width=4", "--config.num_experts=2", "--config.parallel=2",
+               "--config.epochs=2", *Q]
+    one, two = _both(tmp_path, "experts", experts)
+    for i in range(2):
+        a = np.load(one / f"expert_{i:05d}.npy")
+        b = np.load(two / f"expert_{i:05d}.npy")
+        np.testing.assert_array_equal(a[:2], b[:2])
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    assert _results(two)["num_experts_complete"] == 2
+    _only_process0_wrote(two)
+
+    tm = ["run_dir", "distill", "--config", "quickstart", "--config.data.image_size=8",
+          "--config.param.name=pixel", "--config.ipc=1", "--config.loss.name=tm",
+          f"--config.loss.tm.buffer_dir={one}", "--config.loss.tm.syn_steps=3",
+          "--config.loss.tm.expert_epochs=1", "--config.loss.tm.max_start_epoch=1",
+          "--config.loss.tm.lr_lr=1e-5", "--config.model.width=4", "--config.iterations=4",
+          "--config.log_every=2", "--config.checkpoint_every=2", "--config.eval.epochs=1",
+          "--config.eval.num_runs=1", "--config.eval.compare_random=False", *Q]
+    one, two = _both(tmp_path, "tm", tm)
+    _assert_same_npz(one / "params.npz", two / "params.npz")
+    _assert_same_npz(one / "synthetic.npz", two / "synthetic.npz")
+
+
+def test_evaluate_and_select(tmp_path):
+    evaluate = ["run_dir", "evaluate", "--config", "evaluate_digits", "--config.ipc=2",
+                "--config.model.width=8", "--config.train.epochs=1", "--config.train.num_runs=2",
+                "--config.train.eval_epochs=(1,)", *Q]
+    one, two = _both(tmp_path, "evaluate", evaluate)
+    assert _results(one)["accuracy_runs"] == _results(two)["accuracy_runs"]
+
+    select = ["run_dir", "select", "--config", "select_digits", "--config.data.image_size=8",
+              "--config.seeds=(0,)", "--config.select.methods=('uniform','lcmat_s')",
+              "--config.select.fractions=(0.1,)", "--config.pretrain.model.width=8",
+              "--config.pretrain.epochs=1", "--config.pretrain.batch_size=128",
+              "--config.pretrain.checkpoint_every=4", "--config.pretrain.log_every=4",
+              f"--config.pretrain.cache_dir={tmp_path / 'pretrain'}",
+              "--config.eval.model.width=8", "--config.eval.epochs=2",
+              "--config.eval.num_runs=1", *Q]
+    one, two = _both(tmp_path, "select", select)
+    sel = "selections/uniform_f0.1_s0.npz"
+    _assert_same_npz(one / sel, two / sel)
+    a, b = (_npz(d / "selections/lcmat_s_f0.1_s0.npz")["indices"] for d in (one, two))
+    assert len(a) == len(b) and len(set(a) & set(b)) >= 0.95 * len(a)
+    _only_process0_wrote(two)
+
+
+def test_train_denoiser_and_samplers(tmp_path, monkeypatch):
+    monkeypatch.setenv("JAXDIFF_CACHE_DIR", str(tmp_path / "cache"))   # one quality net
+    td = ["run_dir", "train-denoiser", "--config", "train_denoiser_digits",
+          "--config.model.name=mlp", "--config.model.hidden=32", "--config.model.depth=1",
+          "--config.model.emb_dim=16", "--config.train.steps=6", "--config.train.batch_size=16",
+          "--config.train.warmup_steps=2", "--config.log_every=2", "--config.checkpoint_every=3",
+          "--config.sample.every=2", "--config.sample.num=8", "--config.sample.steps=2", *Q]
+    one, two = _both(tmp_path, "td", td)
+    assert _results(one)["final_loss"] == _results(two)["final_loss"]
+    model = str(one)
+
+    disc = ["run_dir", "train-discriminator", "--config", "train_discriminator_digits",
+            f"--config.model_dir={model}", "--config.fake.num=16", "--config.fake.batch_size=16",
+            "--config.fake.steps=2", "--config.disc.width=8", "--config.disc.depth=1",
+            "--config.disc.emb_dim=8", "--config.train.steps=4", "--config.train.batch_size=8",
+            "--config.log_every=2", "--config.checkpoint_every=2", *Q]
+    one, two = _both(tmp_path, "disc", disc)
+    assert _results(one)["final_loss"] == pytest.approx(_results(two)["final_loss"], abs=1e-5)
+
+    sample = ["run_dir", "sample", f"--config.model_dir={model}", "--config.solver.steps=3",
+              "--config.num_samples=16", "--config.batch_size=16",
+              "--config.quality.enabled=False", *Q]
+    guidances = {
+        "heun": ["--config", "sample_digits"],
+        "diffrs": ["--config", "sample_digits_diffrs", f"--config.guidance.disc_dir={one}",
+                   "--config.guidance.warmup=8", "--config.guidance.warmup_batch=8"],
+        "lidar": ["--config", "lidar_digits", "--config.guidance.num_lookahead=4",
+                  "--config.guidance.lookahead_steps=2",
+                  "--config.guidance.reward.quality.epochs=1",
+                  "--config.guidance.reward.quality.width=8",
+                  "--config.guidance.reward.quality.feature_dim=16"],
+    }
+    for name, args in guidances.items():
+        one, two = _both(tmp_path, name, [sample[0], sample[1], *args, *sample[2:]])
+        _assert_same_npz(one / "samples.npz", two / "samples.npz", atol=1e-4)
+        assert _results(one)["nfe"] == _results(two)["nfe"], name
+        _only_process0_wrote(two)
+
+
+# ------------------------------------------------------------------------------- bad starts
+FAST = ["evaluate", "--config", "evaluate_digits", "--config.train.epochs=1", *Q]
+
+
+def test_processes_with_different_configs_stop_naming_the_key(tmp_path):
+    procs = start_cli([*FAST, f"--config.run_dir={tmp_path}"], processes=2, devices=4, ids=[0])
+    procs += start_cli([*FAST, f"--config.run_dir={tmp_path}", "--config.seed=7"], processes=2,
+                       devices=4, ids=[1], port=_port_of(procs[0]))
+    for rc, text in wait_cli(procs, timeout=120):
+        assert rc == 2, text[-2000:]
+        assert "disagree on the resolved config" in text and "config.seed" in text
+        assert "Traceback" not in text
+    assert not os.listdir(tmp_path)        # nothing written
+
+
+def _port_of(proc):
+    return int(proc.args[proc.args.index("--coordinator") + 1].rsplit(":", 1)[1])
+
+
+def test_coordinator_that_never_answers_times_out_naming_it(tmp_path):
+    procs = start_cli([*FAST, f"--config.run_dir={tmp_path}"], processes=2, devices=4, ids=[1],
+                      env={"JAXDIFF_INIT_TIMEOUT": "5"})
+    (rc, text), = wait_cli(procs, timeout=90)
+    assert rc == 2, text[-2000:]
+    assert "no coordinator answered at 127.0.0.1:" in text and "within 5 s" in text
+    assert "Traceback" not in text
+
+
+def test_process_count_disagreeing_with_the_coordinator(tmp_path):
+    procs = start_cli([*FAST, f"--config.run_dir={tmp_path}"], processes=2, devices=4, ids=[0])
+    procs += start_cli([*FAST, f"--config.run_dir={tmp_path}"], processes=3, devices=4, ids=[1],
+                       port=_port_of(procs[0]))
+    for rc, text in wait_cli(procs, timeout=90):
+        assert rc == 2 and "num_processes: process 0: 2, process 1: 3" in text, text[-2000:]
+
+
+def test_two_processes_with_the_same_id(tmp_path):
+    env = {"JAXDIFF_INIT_TIMEOUT": "5"}
+    procs = start_cli([*FAST, f"--config.run_dir={tmp_path}"], processes=2, devices=4, ids=[0],
+                      env=env)
+    time.sleep(1.0)                   # the first one owns the coordinator's port
+    procs += start_cli([*FAST, f"--config.run_dir={tmp_path}"], processes=2, devices=4, ids=[0],
+                       port=_port_of(procs[0]), env=env)
+    (rc0, text0), (rc1, text1) = wait_cli(procs, timeout=90)
+    assert rc1 == 2 and "is busy" in text1, text1[-2000:]
+    assert rc0 != 0 and "not all processes joined the coordinator at 127.0.0.1:" in text0
+
+
+def test_busy_port_is_named(tmp_path):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (rc, text), = wait_cli(start_cli([*FAST, f"--config.run_dir={tmp_path}"], processes=2,
+                                         devices=4, ids=[0], port=port), timeout=60)
+    assert rc == 2 and f"port {port} is busy" in text and "Traceback" not in text, text[-2000:]
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--num-processes", "2"], "missing: --coordinator HOST:PORT, --process-id I"),
+    (["--coordinator", "127.0.0.1:1234", "--num-processes", "2", "--process-id", "2"],
+     "--process-id 2 must be in [0, 2)"),
+    (["--coordinator", "nohostport", "--num-processes", "2", "--process-id", "0"],
+     "must be HOST:PORT"),
+])
+def test_incomplete_start_flags_are_user_errors(tmp_path, flags, words):
+    (rc, text), = wait_cli(start_cli([*FAST, f"--config.run_dir={tmp_path}", *flags],
+                                     processes=1, devices=1), timeout=60)
+    assert rc == 2 and words in text and "Traceback" not in text, text[-2000:]
