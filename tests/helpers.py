@@ -163,11 +163,14 @@ def free_port() -> int:
 def start_cli(args, *, processes=2, devices=4, port=None, env=None, ids=None):
     """Start `jaxdiff <args>` as `processes` real processes (`devices` fake CPU devices each),
     joined by a loopback coordinator; `processes=1` starts one plain process. Returns the
-    `Popen`s (stdout+stderr to a pipe). Heartbeat timeout 10 s: a dead peer stops the others."""
+    `Popen`s (stdout+stderr to a pipe). Heartbeat timeout 10 s: a dead peer stops the others.
+    `TEST_XLA_EXTRA` adds XLA flags (e.g. `--xla_cpu_multi_thread_eigen=false`)."""
     port = port or free_port()
     base = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} " + os.environ.get("TEST_XLA_EXTRA", ""),
+                XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
+                           + os.environ.get("TEST_XLA_EXTRA", "")),
                 JAXDIFF_HEARTBEAT_TIMEOUT="10", JAXDIFF_INIT_TIMEOUT="60",
+                JAXDIFF_REUSE_HEAP="0",   # no re-exec: tiny configs gain nothing from it
                 PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     base.update(env or {})
     procs = []

@@ -183,7 +183,7 @@ def test_train_denoiser_and_samplers(tmp_path, monkeypatch):
     assert _results(one)["final_loss"] == pytest.approx(_results(two)["final_loss"], abs=1e-5)
 
     sample = ["run_dir", "sample", f"--config.model_dir={model}", "--config.solver.steps=3",
-              "--config.num_samples=16", "--config.batch_size=16",
+              "--config.num_samples=8", "--config.batch_size=8",
               "--config.quality.enabled=False", *Q]
     guidances = {
         "heun": ["--config", "sample_digits"],
