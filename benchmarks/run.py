@@ -17,7 +17,8 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("conv_cpu", "ddif_cpu", "distill_cpu", "lidar_gmm", "sampler_cpu", "select_cpu")
+BENCHMARKS = ("conv_cpu", "ddif_cpu", "distill_cpu", "lidar_gmm", "sampler_cpu", "scaling",
+              "select_cpu")
 
 
 def main(argv=None) -> int:
