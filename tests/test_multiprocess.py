@@ -117,15 +117,15 @@ def test_distill_ddif_dm_kill_then_resume_equals_one_process(tmp_path):
 
 def test_experts_and_tm_pixel(tmp_path):
     experts = ["buffer_dir", "experts", "--config", "experts_digits", "--config.data.image_size=8",
-               "--config.model.width=4", "--config.num_experts=2", "--config.parallel=2",
+               "--config.model.width=4", "--config.num_experts=8", "--config.parallel=8",
                "--config.epochs=2", *Q]
-    one, two = _both(tmp_path, "experts", experts)
-    for i in range(2):
+    one, two = _both(tmp_path, "experts", experts)       # the pool split over all 8 devices
+    for i in range(8):
         a = np.load(one / f"expert_{i:05d}.npy")
         b = np.load(two / f"expert_{i:05d}.npy")
         np.testing.assert_array_equal(a[:2], b[:2])
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
-    assert _results(two)["num_experts_complete"] == 2
+    assert _results(two)["num_experts_complete"] == 8
     _only_process0_wrote(two)
 
     tm = ["run_dir", "distill", "--config", "quickstart", "--config.data.image_size=8",

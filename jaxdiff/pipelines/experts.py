@@ -26,8 +26,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxdiff import distributed
+from jaxdiff import sharding as shd
 from jaxdiff.distill import augment as dsa
 from jaxdiff.distill.experts import ExpertStore, expert_data, make_expert_trainer, param_layout
+from jaxdiff.distributed import to_host
 from jaxdiff.files import atomic_write_json
 from jaxdiff.metrics import MetricWriter, check_finite
 from jaxdiff.pipelines import common
@@ -74,8 +76,10 @@ def run(spec: ExpertsSpec) -> dict:
             per_expert = {int(k): v for k, v in json.load(f).get("experts", {}).items()}
     E, N = spec.epochs, spec.num_experts
     todo = [i for i in range(N) if not store.is_complete(i)]
+    pool = _PoolPlacement(d)
     print(f"[jaxdiff experts] {info.name}: {N} experts x {E} epochs "
-          f"({N - len(todo)} already complete), {spec.parallel} in parallel, "
+          f"({N - len(todo)} already complete), {spec.parallel} in parallel "
+          f"({pool.describe(spec.parallel)}), "
           f"{trainer.num_params} parameters, zca={spec.zca}, on "
           f"{common.describe_devices()}; store: {run_dir}", flush=True)
     writer = MetricWriter(run_dir)
@@ -84,7 +88,7 @@ def run(spec: ExpertsSpec) -> dict:
     try:
         for g in range(0, len(todo), spec.parallel):
             ids = todo[g:g + spec.parallel]
-            per_expert.update(_train_group(trainer, store, ids, d, writer, bar))
+            per_expert.update(_train_group(trainer, store, ids, pool, writer, bar))
             atomic_write_json(results_path, _results(info, store, per_expert, timer))
     finally:
         bar.close()
@@ -100,26 +104,56 @@ def run(spec: ExpertsSpec) -> dict:
     return out
 
 
-def _train_group(trainer, store: ExpertStore, ids: list[int], d, writer, bar) -> dict:
-    """Train experts `ids` together (vmapped) from scratch or from their last common snapshot,
-    writing a snapshot per epoch; returns their {id: {test_accuracy, final_train_loss}}."""
+class _PoolPlacement:
+    """Where a group of experts trains: split over every device of the mesh (all processes)
+    when the group size is a multiple of the device count, each expert on one device's share;
+    otherwise the whole group on this process's default device (as with one device: in a
+    multi-process run every process then computes the same group)."""
+
+    def __init__(self, d):
+        self.mesh = shd.data_mesh()
+        self.n = self.mesh.shape[shd.DATA_AXIS]
+        self.local, self._replicated = d, None
+
+    def describe(self, group: int) -> str:
+        if self.n > 1 and group % self.n == 0:
+            return f"split over {self.n} devices"
+        return "on one device" + (" per process" if distributed.process_count() > 1 else "")
+
+    def place(self, ids: list[int]):
+        """`(data, put)`: the expert data and a function placing `[len(ids), ...]` arrays."""
+        if self.n == 1 or len(ids) % self.n:
+            return self.local, jnp.asarray
+        if self._replicated is None:
+            self._replicated = self.local._replace(**shd.replicate(
+                {k: v for k, v in self.local._asdict().items()
+                 if isinstance(v, (jax.Array, np.ndarray))}, self.mesh))
+        return self._replicated, lambda x: shd.shard_batch(np.asarray(x), self.mesh)
+
+
+def _train_group(trainer, store: ExpertStore, ids: list[int], pool: _PoolPlacement, writer,
+                 bar) -> dict:
+    """Train experts `ids` together (vmapped; split over the devices when `pool` allows) from
+    scratch or from their last common snapshot, writing a snapshot per epoch; returns their
+    {id: {test_accuracy, final_train_loss}}."""
     E = store.epochs
+    d, put = pool.place(ids)
+    ids_arr = put(np.asarray(ids, np.int32))
     resume_at = [store.resume_epoch(i) for i in ids]
     if any(r is None for r in resume_at):
         e0 = 0
-        flat = trainer.init(jnp.asarray(ids))
-        host = np.asarray(flat)
+        flat = trainer.init(ids_arr)
+        host = to_host(flat)
         for j, i in enumerate(ids):
             store.save_snapshot(i, 0, host[j])
     else:
         e0 = min(resume_at)
-        flat = jnp.asarray(np.stack([store.load_snapshot(i, e0) for i in ids]))
+        flat = put(np.stack([store.load_snapshot(i, e0) for i in ids]))
     bar.update(e0 * len(ids))
-    ids_arr = jnp.asarray(ids)
     loss = None
     for e in range(e0, E):
         flat, loss = trainer.epoch(flat, ids_arr, e, d.train_x, d.train_y)
-        host, loss = np.asarray(flat), np.asarray(loss)   # one host sync per epoch
+        host, loss = to_host((flat, loss))   # one host sync per epoch
         step = ids[0] * E + e + 1
         check_finite(step, train_loss=loss)
         for j, i in enumerate(ids):
@@ -128,7 +162,7 @@ def _train_group(trainer, store: ExpertStore, ids: list[int], d, writer, bar) ->
                             "train_loss_mean": float(loss.mean()), "train_loss": loss.tolist()})
         bar.update(len(ids))
         bar.set_postfix(loss=f"{loss.mean():.4f}")
-    acc = np.asarray(trainer.accuracy(flat, d.test_x, d.test_y))
+    acc = to_host(trainer.accuracy(flat, d.test_x, d.test_y))
     out = {}
     for j, i in enumerate(ids):
         store.finalize(i)

@@ -63,3 +63,20 @@ def test_pipeline_resume_equals_uninterrupted(tmp_path, monkeypatch):
     assert meta["param_paths"][0].startswith("blocks/0/conv")
     with pytest.raises(ValueError, match="lr"):       # a store from another config is refused
         _run(_config(tmp_path / "b", resume=True, lr=0.02))
+
+
+def test_pool_split_over_the_devices_equals_one_device_pools(tmp_path, capsys):
+    """8 experts in one group of 8 (split over the 8 devices, one expert each) train the same
+    trajectories as two groups of 4 on the default device."""
+    import jax
+    assert jax.device_count() == 8
+    split = _run(_config(tmp_path / "split", num_experts=8, parallel=8, epochs=2))
+    assert "8 in parallel (split over 8 devices)" in capsys.readouterr().out
+    local = _run(_config(tmp_path / "local", num_experts=8, parallel=4, epochs=2))
+    assert "4 in parallel (on one device)" in capsys.readouterr().out
+    a, b = E.ExpertStore(tmp_path / "split"), E.ExpertStore(tmp_path / "local")
+    for i in range(8):
+        np.testing.assert_allclose(a.trajectory(i), b.trajectory(i), rtol=0, atol=1e-6)
+    assert [split["experts"][k]["test_accuracy"] for k in sorted(split["experts"])] == \
+        pytest.approx([local["experts"][k]["test_accuracy"] for k in sorted(local["experts"])],
+                      abs=1e-6)
