@@ -25,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxdiff import sharding
 from jaxdiff.files import fingerprint
 
 
@@ -45,10 +46,6 @@ def config_fingerprint(config: Any, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) 
     return fingerprint(config)
 
 
-def _is_key(x) -> bool:
-    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-
-
 def _replicated_everywhere() -> NamedSharding:
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
     return NamedSharding(mesh, PartitionSpec())
@@ -63,18 +60,8 @@ def _to_global(tree: Any) -> Any:
     """Host-local leaves as arrays replicated over all devices (same value on every process)."""
     if jax.process_count() == 1:
         return tree
-    sharding = _replicated_everywhere()
-
-    def one(x):
-        if not _host_local(x):
-            return x
-        if _is_key(x):
-            return jax.random.wrap_key_data(one(jax.random.key_data(x)),
-                                            impl=jax.random.key_impl(x))
-        value = np.asarray(x)
-        return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
-
-    return jax.tree.map(one, tree)
+    target = _replicated_everywhere()
+    return jax.tree.map(lambda x: sharding.put(x, target) if _host_local(x) else x, tree)
 
 
 def _abstract(like: Any) -> Any:

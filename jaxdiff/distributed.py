@@ -317,7 +317,7 @@ def check_shared_dir(path: str) -> None:
     process 0 created (the run directory must be on a filesystem every host mounts)."""
     if jax.process_count() == 1:
         return
-    token = agree(os.urandom(8).hex()) if is_main() else agree(None)
+    token = agree(os.urandom(8).hex())          # process 0's token, known to all
     marker = os.path.join(path, f".process_check_{token}")
     if is_main():
         with open(marker, "w") as f:

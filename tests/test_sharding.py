@@ -8,7 +8,7 @@ from jaxdiff import sharding
 
 
 # ---------------------------------------------------------------- meshes
-def test_data_mesh_and_uneven_batch_error():
+def test_data_mesh_and_uneven_batch_is_refused():
     assert jax.device_count() == 8
     mesh = sharding.data_mesh()
     x = sharding.shard_batch(np.arange(16.0).reshape(16, 1), mesh)
