@@ -38,15 +38,19 @@ def bench_one(name: str, train, batch_real: int, repeats: int) -> dict:
         ("param.name", param), ("loss.name", loss), ("param.ddif.warmup_steps", "0"),
         ("loss.batch_real", str(batch_real)), ("num_devices", "1")])
     b = build(resolve(cfg), train, skip_warmup=True)
+
+    def args(i):  # the frozen arrays, then step i's real batches (read on the host)
+        return (*b.step_args, *(b.extra_args(i) if b.extra_args is not None else ()))
+
     t0 = time.perf_counter()
-    compiled = b.step.lower(b.state, np.int32(0), *b.step_args).compile()
+    compiled = b.step.lower(b.state, np.int32(0), *args(0)).compile()
     compile_s = time.perf_counter() - t0
-    state, _ = compiled(b.state, np.int32(0), *b.step_args)
+    state, _ = compiled(b.state, np.int32(0), *args(0))
     jax.block_until_ready(state)
     times = []
     for i in range(1, repeats + 1):
         t0 = time.perf_counter()
-        state, metrics = compiled(state, np.int32(i), *b.step_args)
+        state, metrics = compiled(state, np.int32(i), *args(i))
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t0)
     mem = compiled_memory(compiled)

@@ -281,6 +281,7 @@ def build_ddif_dm(mesh, z: Sizes) -> Built:
     from jaxdiff.distill.params.neural_field import DDIF_PRESETS
     from jaxdiff.distill.placement import Placement
     from jaxdiff.distill.presets import optimizer_default
+    from jaxdiff.distill.real_pool import real_batches
     from jaxdiff.models.classifiers import classifier_factory
 
     n = mesh.size
@@ -310,17 +311,22 @@ def build_ddif_dm(mesh, z: Sizes) -> Built:
     state = state._replace(params=_put_rows(state.params, mesh, rule),
                            opt=_put_rows(state.opt, mesh, rule),
                            key=_put_rows(state.key, mesh, lambda x: False))
-    args = _put_rows((jax.device_get(static), np.asarray(pool.images), np.asarray(pool.mean),
-                      np.asarray(pool.std)), mesh, lambda x: False)
+    args = _put_rows((jax.device_get(static), np.asarray(pool.mean), np.asarray(pool.std)),
+                     mesh, lambda x: False)
+    # The real batches are read on the host every step (each process its share), as in a run.
+    real = real_batches(pool, batch_real, k_loop, step.real_keys,
+                       place.real_batches((1, info.num_classes, batch_real, *info.image_shape)))
     t0 = time.perf_counter()
-    compiled = jax.jit(step.update, donate_argnums=0).lower(state, np.int32(0), *args).compile()
+    compiled = jax.jit(step.update, donate_argnums=0).lower(state, np.int32(0), *args,
+                                                            *real(0)).compile()
     compile_s = time.perf_counter() - t0
 
     def check(before, carry, out):
         return {"loss": float(_host(out["loss"])),
                 **_delta_checksum(before, carry.params, carry.opt)}
 
-    return Built(step=lambda c, a: compiled(c, *a), feed=lambda i: (np.int32(i), *args),
+    return Built(step=lambda c, a: compiled(c, *a),
+                 feed=lambda i: (np.int32(i), *args, *real(i)),
                  carry=state, compile_s=compile_s,
                  items=info.num_classes * (batch_real + n_pc),
                  sizes={"batch_real": batch_real, "instances_per_class": n_pc,

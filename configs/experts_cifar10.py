@@ -27,6 +27,7 @@ def get_config():
     c.batch_size = 256
     c.dsa_strategy = "auto"
     c.seed = 0
+    c.num_devices = 0       # split groups over this many devices (0 = all)
     c.progress = True
     c.resume = False
     c.buffer_dir = "runs/experts_cifar10"

@@ -38,13 +38,38 @@ def put(x: Any, target: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(value.shape, target, lambda idx: value[idx])
 
 
-def data_mesh(num_devices: int | None = None, axis_name: str = DATA_AXIS) -> jax.sharding.Mesh:
-    """A 1-D mesh over the first `num_devices` devices (all by default) with one Auto axis."""
-    n = jax.device_count() if num_devices is None else int(num_devices)
-    if not 1 <= n <= jax.device_count():
-        raise ValueError(f"num_devices={n} but only {jax.device_count()} devices are visible")
-    devices = jax.devices()[:n]
+def data_mesh(num_devices: int | None = None, axis_name: str = DATA_AXIS, *,
+              devices: list | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh with one Auto axis over the first `num_devices` devices (all by default), or
+    over the given `devices` (e.g. the first few of every process)."""
+    if devices is None:
+        n = jax.device_count() if num_devices is None else int(num_devices)
+        if not 1 <= n <= jax.device_count():
+            raise ValueError(f"num_devices={n} but only {jax.device_count()} devices are visible")
+        devices = jax.devices()[:n]
+    n = len(devices)
     return jax.make_mesh((n,), (axis_name,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def batch_mesh(batch: int, axis_name: str = DATA_AXIS) -> jax.sharding.Mesh:
+    """A 1-D mesh over as many global devices as split a batch of `batch` rows evenly.
+
+    All devices when their count divides `batch`; otherwise the largest count that divides it
+    and takes the same number of devices from every process (each process must hold a part of
+    every program it runs), e.g. 100 rows on 8 devices -> 5, on 2 processes x 4 -> 2 + 2.
+    """
+    by_process: dict[int, list] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    per_process = min(len(v) for v in by_process.values())
+    procs = sorted(by_process)
+    take = max((k for k in range(1, per_process + 1) if batch % (k * len(procs)) == 0),
+               default=0)
+    if take == 0:
+        raise ValueError(f"a batch of {batch} rows cannot be split evenly over "
+                         f"{len(procs)} processes; use a multiple of {len(procs)}")
+    return data_mesh(axis_name=axis_name,
+                     devices=[by_process[p][i] for p in procs for i in range(take)])
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:

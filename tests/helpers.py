@@ -2,8 +2,9 @@
 
 One place for what several test files use; test files import from here, never from each other.
 Sections: models (reference conv and norms, jitted calls), ops (tolerances, a fast-compiling
-jit), configs (tiny presets), processes (the real `jaxdiff` CLI as N processes on loopback),
-diffusion oracles (the DiffRS Gaussian pair, Gaussian mixtures and rewards with exact answers).
+jit), configs (tiny presets), resume (runs resumed on another device count), processes (the real
+`jaxdiff` CLI as N processes on loopback), diffusion oracles (the DiffRS Gaussian pair,
+Gaussian mixtures and rewards with exact answers).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -149,6 +151,39 @@ def tiny_sample_config(run_dir, **over):
     return set_values(c, **over)
 
 
+# ---------------------------------------------------------------------------------- resume
+# (first part's device count, resumed part's): the same mesh, then each way across 8 and 4.
+MESH_CHANGES = ((8, 8), (8, 4), (4, 8))
+
+
+def resume_on_meshes(run, tmp_path, changes=MESH_CHANGES) -> dict:
+    """Runs interrupted on one device count and resumed on another: `{(first, then): run_dir}`.
+
+    `run(run_dir, num_devices, resume)` runs the command: stopped early (after a checkpoint)
+    when `resume` is False, resumed to the end when True. Each interrupted run is made once per
+    device count and copied for every resume from it (the compiles, not the copies, cost).
+    """
+    cut, out = {}, {}
+    for first, then in changes:
+        if first not in cut:
+            cut[first] = tmp_path / f"cut{first}"
+            run(cut[first], first, False)
+        out[first, then] = tmp_path / f"{first}to{then}"
+        shutil.copytree(cut[first], out[first, then])
+        run(out[first, then], then, True)
+    return out
+
+
+def assert_resumed(resumed, uninterrupted, first, then, tol=1e-6):
+    """A resumed run's array against the uninterrupted run's on `first` devices: bitwise when
+    both parts ran there too; else within `tol` (`assert_close`), since a part on another device
+    count splits its reductions (gradient all-reduces, per-device shares) differently."""
+    if first == then:
+        np.testing.assert_array_equal(resumed, uninterrupted, err_msg=f"{first} -> {then}")
+    else:
+        assert_close(np.asarray(resumed), np.asarray(uninterrupted), tol)
+
+
 # ---------------------------------------------------------------------------------- processes
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,11 +195,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_cli(args, *, processes=2, devices=4, port=None, env=None, ids=None):
+def start_cli(args, *, processes=2, devices=4, port=None, env=None, ids=None,
+              module="jaxdiff.cli"):
     """Start `jaxdiff <args>` as `processes` real processes (`devices` fake CPU devices each),
     joined by a loopback coordinator; `processes=1` starts one plain process. Returns the
     `Popen`s (stdout+stderr to a pipe). Heartbeat timeout 10 s: a dead peer stops the others.
-    `TEST_XLA_EXTRA` adds XLA flags (e.g. `--xla_cpu_multi_thread_eigen=false`)."""
+    `TEST_XLA_EXTRA` adds XLA flags (e.g. `--xla_cpu_multi_thread_eigen=false`). `module` runs
+    another entry point (`python -m module <args> --coordinator ...`), e.g. a test worker."""
     port = port or free_port()
     base = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
                 XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
@@ -175,7 +212,7 @@ def start_cli(args, *, processes=2, devices=4, port=None, env=None, ids=None):
     base.update(env or {})
     procs = []
     for i in (ids if ids is not None else range(processes)):
-        cmd = [sys.executable, "-m", "jaxdiff.cli", *map(str, args)]
+        cmd = [sys.executable, "-m", module, *map(str, args)]
         if processes > 1:
             cmd += ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
                     "--process-id", str(i)]
@@ -201,10 +238,11 @@ def wait_cli(procs, timeout=300):
     return out
 
 
-def run_cli(args, *, processes=2, devices=4, timeout=300, env=None):
+def run_cli(args, *, processes=2, devices=4, timeout=300, env=None, module="jaxdiff.cli"):
     """`start_cli` + `wait_cli`; fails the test (showing each process's output tail) unless every
     process exits 0."""
-    res = wait_cli(start_cli(args, processes=processes, devices=devices, env=env), timeout)
+    res = wait_cli(start_cli(args, processes=processes, devices=devices, env=env,
+                             module=module), timeout)
     bad = [(i, rc, text) for i, (rc, text) in enumerate(res) if rc != 0]
     if bad:
         raise AssertionError("\n\n".join(f"process {i} exited {rc}:\n{text[-3000:]}"

@@ -417,8 +417,9 @@ def _train_denoiser_programs(tmp) -> dict[str, Program]:
     """`pipelines.train_denoiser`'s jitted loop step (data-parallel over the 8 devices)."""
     mesh = shd.data_mesh()
     rng = np.random.default_rng(0)
-    images = shd.replicate(jnp.asarray(rng.integers(0, 256, (64, *DIGITS)), jnp.uint8), mesh)
-    labels = shd.replicate(jnp.arange(64, dtype=jnp.int32) % 10, mesh)
+    # one step's batch, as feeding.HostBatches places it: split over the mesh
+    images = shd.shard_batch(jnp.asarray(rng.integers(0, 256, (8, *DIGITS)), jnp.uint8), mesh)
+    labels = shd.shard_batch(jnp.arange(8, dtype=jnp.int32) % 10, mesh)
     out = {}
     for name, num_classes in (("train_denoiser/loop_step", 0),
                               ("train_denoiser/loop_step/conditional", 10)):

@@ -41,15 +41,21 @@ def cache_path(name: str, split: str, key: dict) -> Path:
     return cache_dir() / name / f"{split}-{digest}"
 
 
-def read(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-    """The cached arrays `names`, or None when absent or unreadable (a warning says which)."""
+def read(path: Path, names: tuple[str, ...], *, mmap: bool = False
+         ) -> dict[str, np.ndarray] | None:
+    """The cached arrays `names`, or None when absent or unreadable (a warning says which).
+
+    `mmap=True` returns read-only memory maps of the files (rows are read when indexed: a split
+    larger than memory can be sampled); otherwise ordinary in-memory copies.
+    """
     if not path.is_dir():
         return None
     try:
         # mmap + copy: a plain sequential copy out of the page cache, and the returned arrays are
         # ordinary writable memory, independent of the file.
-        return {k: np.array(np.load(path / f"{k}.npy", mmap_mode="r", allow_pickle=False))
-                for k in names}
+        mapped = {k: np.load(path / f"{k}.npy", mmap_mode="r", allow_pickle=False)
+                  for k in names}
+        return mapped if mmap else {k: np.array(a) for k, a in mapped.items()}
     except (OSError, ValueError, EOFError) as e:
         warnings.warn(f"ignoring unreadable cache entry {path}: {e}", stacklevel=3)
         shutil.rmtree(path, ignore_errors=True)

@@ -37,7 +37,7 @@ class Dataset(NamedTuple):
 
 
 def load(name: str, split: str = "train", data_dir=None, *, image_size=None,
-         cache: bool = True) -> Dataset:
+         cache: bool = True, mmap: bool = False) -> Dataset:
     """Load a whole split of dataset `name` as uint8 arrays.
 
     Args:
@@ -49,6 +49,8 @@ def load(name: str, split: str = "train", data_dir=None, *, image_size=None,
       image_size: None (native size), an int S or `(H, W)`: resize with antialiased bilinear
         interpolation, half-pixel centres (`resize_bilinear`), rounded back to uint8.
       cache: read/write decoded arrays under `$JAXDIFF_CACHE_DIR` (default `~/.cache/jaxdiff`).
+      mmap: return a cached split as read-only memory maps (rows are read from disk when
+        indexed) instead of in-memory copies; a split decoded by this call is in memory anyway.
 
     Raises:
       ValueError: unknown name, split or image_size.
@@ -66,7 +68,7 @@ def load(name: str, split: str = "train", data_dir=None, *, image_size=None,
     key.update(name=name, split=split, image_size=size)
 
     path = _cache.cache_path(name, split, key) if cache else None
-    arrays = _cache.read(path, ("images", "labels")) if cache else None
+    arrays = _cache.read(path, ("images", "labels"), mmap=mmap) if cache else None
     if arrays is not None and _valid(arrays, e, size):
         images, labels = arrays["images"], arrays["labels"]
     else:

@@ -17,12 +17,22 @@ network is unavailable or meaningless, so jaxdiff reports, on the features of th
 Network: `jaxdiff.models.ConvNet` (depth by image size, instance norm) whose output layer maps
 to a `feature_dim` embedding, then ReLU (the features), then a linear classifier. Trained with
 Adam on the training split, images in the diffusion model space `uint8 / 127.5 - 1`, no
-augmentation; its test accuracy is recorded.
+augmentation; its test accuracy is recorded. Training is data-parallel: each step's batch is split
+over all devices of all processes when their count divides it (else over as many as do, the same
+number per process; `train_quality_net`), with the same random stream as on one device: the
+network depends on the device count only through float reduction order.
 
 Caching. Training happens once per spec: the parameters are stored with Orbax under
 `$JAXDIFF_CACHE_DIR/quality_net/<dataset>-<size>px-s<seed>-<hash>/` (hash of the whole spec),
 and `get_quality_net(spec)` loads them afterwards. An interrupted write leaves no entry (Orbax
-publishes by rename).
+publishes by rename; the JSON next to it, written last, marks the entry complete).
+
+Several processes: process 0's look at the cache decides for all (`distributed.agree`), so all
+load or all train together; all take part in the Orbax save, process 0 writes the JSON, and a
+barrier ends the write before anyone goes on. The cache directory must be on a filesystem every
+host mounts. Scoring (`sample_quality`, `predict`) reads its inputs to the host
+(`distributed.to_host`) and runs whole on every process, on its default device, where the arrays
+of a network returned by `get_quality_net` live.
 
 API (stable; DiffRS and LiDAR use it)::
 
@@ -50,11 +60,13 @@ import optax
 from flax import nnx
 
 from jaxdiff import data as jdata
+from jaxdiff import distributed, sharding
 from jaxdiff.batching import epoch_batches, num_batches
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.data.cache import cache_dir
 from jaxdiff.data.transforms import to_model_space
 from jaxdiff.diffusion.quality import frechet_distance_from_features
+from jaxdiff.distributed import to_host
 from jaxdiff.files import atomic_write_json, fingerprint
 from jaxdiff.models.convnet import convnet_depth_for
 from jaxdiff.models.quality_classifier import QualityClassifier
@@ -157,8 +169,39 @@ def cache_entry(spec: QualityNetSpec) -> Path:
             / f"{spec.dataset}-{spec.image_size or 'native'}px-s{spec.seed}-{digest}")
 
 
-def train_quality_net(spec: QualityNetSpec, *, progress: bool = False) -> QualityNet:
-    """Train a quality network from scratch (no cache); one jitted `lax.scan` over all steps."""
+def _training_mesh(batch: int, num_devices: int | None) -> jax.sharding.Mesh:
+    """The mesh every training batch of `batch` images is split over.
+
+    `num_devices` None: as many devices as split the batch evenly, the same number from every
+    process (`sharding.batch_mesh`: all, when their count divides the batch). The batch itself
+    never changes (that would change the network, not only where it is computed). When the
+    process count does not divide the batch, every process trains the whole network on its own
+    first device instead. An explicit `num_devices` (one process) must divide the batch.
+    """
+    if num_devices is None:
+        if batch % jax.process_count():
+            return sharding.data_mesh(devices=jax.local_devices()[:1])
+        return sharding.batch_mesh(batch)
+    if jax.process_count() > 1 and num_devices != jax.device_count():
+        raise ValueError(f"num_devices={num_devices}: a run over {jax.process_count()} processes "
+                         "chooses its devices itself; pass num_devices=None")
+    if batch % num_devices:
+        raise ValueError(f"quality net batch_size {batch} cannot be split over {num_devices} "
+                         f"devices; use a multiple of {num_devices}, or num_devices=None")
+    return sharding.data_mesh(num_devices)
+
+
+def train_quality_net(spec: QualityNetSpec, *, progress: bool = False,
+                      num_devices: int | None = None) -> QualityNet:
+    """Train a quality network from scratch (no cache); one jitted `lax.scan` over all steps.
+
+    Data-parallel over the devices of `_training_mesh` (all, when their count divides the
+    batch; `num_devices` to choose): the uint8 training set and the parameters are replicated,
+    each step's batch is split over the devices and XLA averages the gradients. The key use is
+    the same on any mesh, so the result depends on the devices only through float reduction
+    order. The returned network's arrays are on this process's default device, as those of a
+    network loaded from the cache.
+    """
     if spec.epochs < 1 or spec.batch_size < 1:
         raise ValueError(f"quality net epochs and batch_size must be >= 1, got {spec}")
     kw = dict(data_dir=spec.data_dir or None, image_size=spec.image_size or None)
@@ -174,41 +217,57 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False) -> Qualit
     # drop the ragged tail (jaxdiff.batching): fixed shapes, every image seen over the epochs
     steps_per_epoch, batch = num_batches(n, spec.batch_size, drop_remainder=True)
     total = spec.epochs * steps_per_epoch
+    mesh = _training_mesh(batch, num_devices)
+    split = sharding.batch_sharding(mesh)
 
-    def loss_fn(p, x, y):
+    def loss_fn(p, rest, x, y):
         logits = nnx.merge(graphdef, p, rest, copy=True)(x)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
-    @jax.jit
-    def fit(params, x_all, y_all):
+    def fit(params, rest, k_data, x_all, y_all):
         def step(carry, t):
             params, opt = carry
             e, s = t // steps_per_epoch, t % steps_per_epoch
             idx = epoch_batches(jax.random.fold_in(k_data, e), n, batch,
                                 drop_remainder=True)[0][s]
-            x = to_model_space(x_all[idx])  # uint8 on device: a quarter of float32's memory
-            loss, g = jax.value_and_grad(loss_fn)(params, x, y_all[idx])
+            # each device gathers and converts only its slice of the batch (uint8 on device: a
+            # quarter of float32's memory); the mean loss makes XLA average the gradients
+            x = to_model_space(jax.lax.with_sharding_constraint(x_all[idx], split))
+            y = jax.lax.with_sharding_constraint(y_all[idx], split)
+            loss, g = jax.value_and_grad(loss_fn)(params, rest, x, y)
             upd, opt = tx.update(g, opt, params)
             return (optax.apply_updates(params, upd), opt), loss
 
         (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(total))
         return params, losses
 
-    params, losses = fit(params, jnp.asarray(train.images), jnp.asarray(train.labels, jnp.int32))
-    net = QualityNet(graphdef, params, rest, spec, info.num_classes, 0.0)
+    # every input is an argument placed on the mesh (none captured from one process's device)
+    args = sharding.replicate((params, rest, k_data, train.images,
+                               np.asarray(train.labels, np.int32)), mesh)
+    params, losses = jax.jit(fit, out_shardings=sharding.replicated(mesh))(*args)
+    params, losses = to_host((params, losses))
+    net = QualityNet(graphdef, jax.tree.map(jnp.asarray, params), rest, spec, info.num_classes,
+                     0.0)
     acc = float(np.mean(predict(net, to_model_space(test.images)).argmax(-1) == test.labels))
     if progress:
-        print(f"[quality net] trained {spec.dataset} {info.image_shape}: final loss "
+        where = (f"{mesh.size} of {jax.device_count()} devices"
+                 if mesh.is_multi_process or jax.process_count() == 1
+                 else "one device per process")
+        print(f"[quality net] trained {spec.dataset} {info.image_shape} on {where}: final loss "
               f"{float(losses[-1]):.4f}, test accuracy {100 * acc:.2f} %", flush=True)
-    return QualityNet(graphdef, params, rest, spec, info.num_classes, acc)
+    return QualityNet(graphdef, net.params, rest, spec, info.num_classes, acc)
 
 
 def get_quality_net(spec: QualityNetSpec, *, progress: bool = False) -> QualityNet:
-    """The quality network of `spec`: loaded from the cache, or trained once and cached."""
+    """The quality network of `spec`: loaded from the cache, or trained once and cached.
+
+    Several processes: process 0's view of the cache decides for all (`distributed.agree`), so
+    all load or all train together; all take part in the Orbax save, process 0 writes the JSON.
+    """
     entry = cache_entry(spec)
     meta_path = entry / "quality_net.json"
     info = jdata.get_info(spec.dataset, "train", image_size=spec.image_size or None)
-    if meta_path.exists():
+    if distributed.agree(meta_path.exists()):
         meta = json.loads(meta_path.read_text())
         model = _make_model(spec, info.image_shape, info.num_classes, jax.random.key(0))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -217,12 +276,12 @@ def get_quality_net(spec: QualityNetSpec, *, progress: bool = False) -> QualityN
         return QualityNet(graphdef, state["params"], state["rest"], spec, info.num_classes,
                           float(meta["test_accuracy"]))
     net = train_quality_net(spec, progress=progress)
-    entry.mkdir(parents=True, exist_ok=True)
     with Checkpointer(entry / "checkpoint", max_to_keep=1) as ck:
         ck.save(0, {"params": net.params, "rest": net.rest}, wait=True)
-    # The JSON marks the entry complete; it is written last, atomically.
+    # The JSON marks the entry complete; it is written last, atomically (by process 0 only).
     atomic_write_json(meta_path, {"spec": spec.key(), "test_accuracy": net.test_accuracy,
                                   "num_classes": net.num_classes})
+    distributed.barrier("quality_net_cached")  # complete before any process may look for it
     return net
 
 
@@ -237,8 +296,12 @@ def _forward(net: QualityNet, x):
 
 
 def _batched(net: QualityNet, x, batch_size: int):
-    """(features [N, F], logits [N, K]) in fixed-size, zero-padded batches (one compile)."""
-    x = np.asarray(x, np.float32)
+    """(features [N, F], logits [N, K]) in fixed-size, zero-padded batches (one compile).
+
+    Runs on this process's default device, whole on every process: its inputs are host arrays
+    and every process needs the figures, which cost little next to what they score.
+    """
+    x = np.asarray(to_host(x), np.float32)
     n = x.shape[0]
     b = min(batch_size, n)
     feats, logits = [], []
@@ -247,9 +310,9 @@ def _batched(net: QualityNet, x, batch_size: int):
         pad = b - chunk.shape[0]
         if pad:
             chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        f, lg = _forward(net, jnp.asarray(chunk))
-        feats.append(np.asarray(f)[:b - pad])
-        logits.append(np.asarray(lg)[:b - pad])
+        f, lg = to_host(_forward(net, jnp.asarray(chunk)))
+        feats.append(f[:b - pad])
+        logits.append(lg[:b - pad])
     return np.concatenate(feats), np.concatenate(logits)
 
 
@@ -287,7 +350,7 @@ def sample_quality(samples, real, net: QualityNet, labels=None, *, batch_size: i
       `{"frechet_distance", "mean_entropy", "classifier_score", "class_histogram",
       "classifier_accuracy" (with labels), "num_samples", "num_real"}`.
     """
-    samples, real = np.asarray(samples), np.asarray(real)
+    samples, real = np.asarray(to_host(samples)), np.asarray(to_host(real))
     if samples.shape[1:] != real.shape[1:]:
         raise ValueError(f"samples {samples.shape[1:]} and real images {real.shape[1:]} differ "
                          "in shape")

@@ -238,16 +238,27 @@ class LoopState(NamedTuple):
     loss_sum: jax.Array
 
 
+def batch_rows(loop_key: jax.Array, batch_size: int, num_images: int):
+    """`rows(step) -> [batch_size]` int32: the training-set rows of step `step` of
+    `make_loop_step`, uniform with replacement from `split(fold_in(loop_key, step))[0]`."""
+    def rows(step):
+        k_idx = jax.random.split(jax.random.fold_in(loop_key, step))[0]
+        return jax.random.randint(k_idx, (batch_size,), 0, num_images)
+    return rows
+
+
 def make_loop_step(graphdef, tx: optax.GradientTransformation, *, batch_size: int,
                    sigma_data: float, p_mean: float, p_std: float, label_dropout: float,
                    null_label: int | None, ema_decay: float, ema_warmup: bool, log_every: int,
                    batch_sharding=None) -> Callable:
-    """`step(state: LoopState, step, images_u8 [M, H, W, C], labels [M]) -> (state, metrics)`.
+    """`step(state: LoopState, step, images_u8 [B, H, W, C], labels [B]) -> (state, metrics)`.
 
-    Step s uses `fold_in(key, s)`: batch indices drawn with replacement (as `train_loop`), then
-    the EDM sigma/noise and label-dropout keys; images go to model space on device. With
-    `batch_sharding` the batch is the only sharded operand: each device runs its slice of the
-    forward and backward pass and XLA all-reduces the gradients of the replicated parameters.
+    Step s uses `fold_in(key, s)`: its batch is the rows `batch_rows(key, B, M)(s)` of the
+    training set (drawn with replacement, as `train_loop`; read on the host by
+    `feeding.HostBatches`), then the EDM sigma/noise and label-dropout keys; images go to model
+    space on device. With `batch_sharding` the batch is the only sharded operand: each device
+    runs its slice of the forward and backward pass and XLA all-reduces the gradients of the
+    replicated parameters.
     Metric `loss_avg` is the mean loss since the last log step (`loss` is this step's, noisy).
     `null_label` None: unconditional (labels ignored).
     """
@@ -260,11 +271,13 @@ def make_loop_step(graphdef, tx: optax.GradientTransformation, *, batch_size: in
                  if batch_sharding is not None else (lambda x: x))
 
     def step(state: LoopState, step_idx, images, labels):
+        if images.shape[0] != batch_size:
+            raise ValueError(f"a batch of {images.shape[0]} images; this step trains on "
+                             f"batch_size={batch_size}")
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), step_idx)
-        k_idx, k_step = jax.random.split(key)
-        idx = jax.random.randint(k_idx, (batch_size,), 0, images.shape[0])
-        x0 = constrain(to_model_space(images[idx]))
-        lab = constrain(labels[idx]) if conditional else None
+        k_step = jax.random.split(key)[1]  # the first key drew the batch (`batch_rows`)
+        x0 = constrain(to_model_space(images))
+        lab = constrain(labels) if conditional else None
         decay = ema_decay_at(step_idx, ema_decay, ema_warmup)
         train, metrics = base(state.train, x0, k_step, lab, decay)
         phase = step_idx % log_every

@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff.batching import epoch_batches
+from jaxdiff.data.transforms import normalize_with
 from jaxdiff.distill import losses
 from jaxdiff.distill.optim import InstanceOptimizer
 from jaxdiff.distill.params import Parameterisation
 from jaxdiff.distill.placement import Placement
-from jaxdiff.distill.real_pool import sample_real
-from jaxdiff.distill.step import DistillState, DistillStep, fresh_network, key_data, step_key
+from jaxdiff.distill.step import (DistillState, DistillStep, check_real_shape, fresh_network,
+                                  key_data, step_key)
 from jaxdiff.models.functional import apply, masked_cross_entropy
 
 
@@ -72,22 +73,33 @@ def make_dc_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Ca
       match_loss: `losses.gradient_matching_loss` or `curvature.lcmat_loss` (partial with rho,
         weight, perturbation).
 
-    `update(state, step, static, pool_images, mean, std)`; metric "loss" is the mean over rounds.
+    `update(state, step, static, mean, std, real [outer, C, batch_real, H, W, Ch] uint8)`, round
+    o matching against `real[o]`, drawn from `real_keys(step_key)[o]`; metric "loss" is the mean
+    over rounds.
     """
 
     def init(params, key):
         return DistillState(params, opt.init(params), key_data(key))
 
-    def update(state: DistillState, step, static, pool_images, mean, std):
-        k_net, k_loop = jax.random.split(step_key(state, step))
+    def round_keys(k, ol):  # (real, augmentation, inner training) keys of round `ol`
+        return jax.random.split(jax.random.fold_in(jax.random.split(k)[1], ol), 3)
+
+    def real_keys(k):
+        return jax.vmap(lambda ol: round_keys(k, ol)[0])(jnp.arange(outer))
+
+    def update(state: DistillState, step, static, mean, std, real):
+        check_real_shape(real, outer, num_classes, batch_real)
+        k_step = step_key(state, step)
+        k_net = jax.random.split(k_step)[0]
         graphdef, net_params, rest = fresh_network(make_model, k_net)
         labels = param.labels(static)
         net = lambda p, x: apply(graphdef, (p, rest), x)[0]  # noqa: E731
 
-        def round_(carry, ol):
+        def round_(carry, xs):
+            ol, real_u8 = xs
             params, opt_state, theta, _ = carry
-            k_real, k_aug, k_train = jax.random.split(jax.random.fold_in(k_loop, ol), 3)
-            real = place.real(sample_real(pool_images, mean, std, k_real, batch_real))
+            _, k_aug, k_train = round_keys(k_step, ol)
+            real = place.real(normalize_with(real_u8, mean, std))
 
             def loss_fn(p):
                 syn = place.syn(param.decode(p, static)).reshape(num_classes, per_class,
@@ -107,7 +119,8 @@ def make_dc_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Ca
             return (params, opt_state, theta, loss), loss
 
         (params, opt_state, _, _), round_losses = jax.lax.scan(
-            round_, (state.params, state.opt, net_params, jnp.float32(0)), jnp.arange(outer))
+            round_, (state.params, state.opt, net_params, jnp.float32(0)),
+            (jnp.arange(outer), real))
         return state._replace(params=params, opt=opt_state), {"loss": jnp.mean(round_losses)}
 
-    return DistillStep(init, update)
+    return DistillStep(init, update, real_keys)

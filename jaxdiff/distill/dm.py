@@ -22,12 +22,13 @@ from typing import Callable
 import jax
 import optax
 
+from jaxdiff.data.transforms import normalize_with
 from jaxdiff.distill import losses
 from jaxdiff.distill.optim import InstanceOptimizer
 from jaxdiff.distill.params import Parameterisation
 from jaxdiff.distill.placement import Placement
-from jaxdiff.distill.real_pool import sample_real
-from jaxdiff.distill.step import DistillState, DistillStep, fresh_network, key_data, step_key
+from jaxdiff.distill.step import (DistillState, DistillStep, check_real_shape, fresh_network,
+                                  key_data, step_key)
 from jaxdiff.models.functional import apply
 
 
@@ -45,17 +46,22 @@ def make_dm_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Ca
       num_classes, per_class: C and the synthetic instances per class (N = C * per_class).
       place: sharding of the synthetic set and the real batch.
 
-    `update(state, step, static, pool_images [C, n, H, W, Ch] uint8, mean [Ch], std [Ch])`.
+    `update(state, step, static, mean [Ch], std [Ch], real [1, C, batch_real, H, W, Ch] uint8)`,
+    `real` the batch of `real_keys(step_key)` (`real_pool.real_batches`).
     """
 
     def init(params, key):
         return DistillState(params, opt.init(params), key_data(key))
 
-    def update(state: DistillState, step, static, pool_images, mean, std):
-        k_net, k_real, k_aug = jax.random.split(step_key(state, step), 3)
+    def real_keys(k):
+        return jax.random.split(k, 3)[1][None]
+
+    def update(state: DistillState, step, static, mean, std, real):
+        check_real_shape(real, 1, num_classes, batch_real)
+        k_net, _, k_aug = jax.random.split(step_key(state, step), 3)  # the middle key: real_keys
         graphdef, net_params, rest = fresh_network(make_model, k_net)  # frozen: never trained
         embed = lambda x: apply(graphdef, (net_params, rest), x, method="embed")[0]  # noqa: E731
-        real = place.real(sample_real(pool_images, mean, std, k_real, batch_real))
+        real = place.real(normalize_with(real[0], mean, std))
 
         def loss_fn(p):
             syn = place.syn(param.decode(p, static)).reshape(num_classes, per_class,
@@ -67,4 +73,4 @@ def make_dm_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Ca
         params = optax.apply_updates(state.params, updates)
         return state._replace(params=params, opt=opt_state), {"loss": loss}
 
-    return DistillStep(init, update)
+    return DistillStep(init, update, real_keys)

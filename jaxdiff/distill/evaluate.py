@@ -14,6 +14,11 @@ into ONE compiled program:
   whole test split at the end ("final", the default) and optionally after chosen epochs, from
   which "best over checkpoints" — the references' test-set model selection — can be read, and
   is labelled as such.
+
+The runs are split over the global devices (all processes): each device trains its share of
+them, vmapped, under `jax.shard_map` (`run_layout` says how many devices and runs per device).
+Run r depends only on `fold_in(key, r)`, so the accuracies do not depend on the device count
+beyond XLA's float arithmetic for a different per-device run count.
 """
 
 from __future__ import annotations
@@ -27,9 +32,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
 from jaxdiff.batching import epoch_batches, padded_batches
+from jaxdiff.distributed import to_host
 from jaxdiff.models.functional import apply, masked_cross_entropy
 from jaxdiff.random import sample_keys
+from jaxdiff.sharding import put, replicate
+
+RUNS_AXIS = "runs"
 
 
 class EvalResult(NamedTuple):
@@ -90,6 +101,7 @@ def train_and_test(
     test_batch_size: int = 200,
     progress: bool = False,
     train_weights: jax.Array | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> EvalResult:
     """Train `num_runs` fresh networks on `(train_images, train_labels)`, test each on the test set.
 
@@ -112,14 +124,16 @@ def train_and_test(
       progress: show a tqdm bar over epochs (one host callback per epoch; negligible cost).
       train_weights: optional `[N]` non-negative per-sample loss weights (coreset weights of
         CRAIG / GradMatch); each batch's loss is the weighted mean Σ w·CE / Σ w. None = all 1.
+      devices: the devices to split the runs over (default: all global devices; see
+        `run_layout`). Every process must call this with the same arguments.
 
     Returns:
       EvalResult with final accuracies `[R]`.
     """
-    train_images = jnp.asarray(train_images)
-    train_labels = jnp.asarray(train_labels, jnp.int32)
-    test_images = jnp.asarray(test_images)
-    test_labels = jnp.asarray(test_labels, jnp.int32)
+    # On the host: the set may live on another mesh (a distillation's, across processes), and
+    # every run needs all of it.
+    train_images, train_labels, test_images, test_labels = (
+        np.asarray(a) for a in to_host((train_images, train_labels, test_images, test_labels)))
     if train_images.ndim != 4 or test_images.ndim != 4:
         raise ValueError("images must be [N, H, W, C]; got train "
                          f"{train_images.shape}, test {test_images.shape}")
@@ -131,32 +145,66 @@ def train_and_test(
     if train_images.shape[0] == 0:
         raise ValueError("empty training set")
     if train_weights is None:
-        train_weights = jnp.ones(train_images.shape[0], jnp.float32)
-    train_weights = jnp.asarray(train_weights, jnp.float32)
+        train_weights = np.ones(train_images.shape[0], np.float32)
+    train_weights = np.asarray(to_host(train_weights), np.float32)
     if train_weights.shape != train_labels.shape:
         raise ValueError(f"train_weights has shape {train_weights.shape}, expected "
                          f"{train_labels.shape}")
-    if not bool(jnp.all(train_weights >= 0)) or not bool(jnp.any(train_weights > 0)):
+    if not np.all(train_weights >= 0) or not np.any(train_weights > 0):
         raise ValueError("train_weights must be non-negative and not all zero")
+    if num_runs < 1:
+        raise ValueError(f"num_runs must be >= 1, got {num_runs}")
     total_epochs = epochs + 1
     bad = [e for e in eval_epochs if not 1 <= e <= total_epochs]
     if bad:
         raise ValueError(f"eval_epochs {bad} outside 1..{total_epochs} (E + 1 = {total_epochs} epochs)")
     eval_epochs = tuple(sorted(set(int(e) for e in eval_epochs)))
 
+    devices, per_device = run_layout(num_runs, devices)
+    mesh = jax.make_mesh((len(devices),), (RUNS_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices)
     run = _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, augment,
                              eval_epochs, test_batch_size, train_images.shape[0],
-                             test_images.shape[0], progress)
-    keys = sample_keys(key, num_runs)
+                             test_images.shape[0], progress, mesh)
+    # Padding runs (beyond num_runs) are trained and dropped: run r's key never depends on them.
+    keys = put(sample_keys(key, len(devices) * per_device), NamedSharding(mesh, P(RUNS_AXIS)))
+    data = replicate((train_images, train_labels.astype(np.int32), test_images,
+                      test_labels.astype(np.int32), np.float32(to_host(lr)), train_weights), mesh)
     with _progress_bar(total_epochs, f"evaluate ({num_runs} runs)", progress):
-        final_acc, acc_per_epoch, last_loss = run(keys, train_images, train_labels, test_images,
-                                                  test_labels, jnp.asarray(lr, jnp.float32),
-                                                  train_weights)
+        final_acc, acc_per_epoch, last_loss = run(keys, *data)
         jax.block_until_ready(final_acc)
-    acc_per_epoch = np.asarray(acc_per_epoch)
+    final_acc, acc_per_epoch, last_loss = (a[:num_runs] for a in
+                                           to_host((final_acc, acc_per_epoch, last_loss)))
     acc_at = (acc_per_epoch[:, [e - 1 for e in eval_epochs]] if eval_epochs
               else np.zeros((num_runs, 0), np.float32))
-    return EvalResult(np.asarray(final_acc), acc_at, eval_epochs, np.asarray(last_loss))
+    return EvalResult(final_acc, acc_at, eval_epochs, last_loss)
+
+
+def run_layout(num_runs: int, devices: Sequence[jax.Device] | None = None
+               ) -> tuple[list[jax.Device], int]:
+    """The devices `num_runs` evaluation runs are split over, and the runs each one trains.
+
+    Fewest rounds first (no device trains more than ceil(R / D) runs of D devices), then as few
+    devices as reach it, so little padding is trained: 5 runs on 8 devices use 5 devices, 10 use
+    5 devices x 2. With several processes every process gives the same number of devices (each
+    must hold a part of every program it runs), so 5 runs on 2 x 4 devices train 6.
+
+    Args:
+      num_runs: R >= 1.
+      devices: the candidates (default: all global devices, `jax.devices()`).
+
+    Returns:
+      (devices, runs per device); devices x runs per device >= R.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    by_process: dict[int, list] = {}
+    for d in devices:
+        by_process.setdefault(d.process_index, []).append(d)
+    procs = sorted(by_process)
+    per_proc = min(len(v) for v in by_process.values())
+    per_device = -(-num_runs // (per_proc * len(procs)))
+    take = -(-num_runs // (per_device * len(procs)))  # devices per process
+    return [d for i in range(take) for d in (by_process[p][i] for p in procs)], per_device
 
 
 _CACHE: dict = {}
@@ -187,12 +235,12 @@ def _tick(epoch):
 
 
 def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, augment,
-                       eval_epochs, test_batch_size, n_train, n_test, progress=False):
-    """Build (and memoise) the jitted, run-vmapped training + testing program:
+                       eval_epochs, test_batch_size, n_train, n_test, progress, mesh):
+    """Build (and memoise) the jitted training + testing program, runs split over `mesh`:
     `fn(keys [R], train_x, train_y, test_x, test_y, lr, train_w) -> (final [R], acc [R, E+1],
-    last loss [R])`."""
+    last loss [R])`, each device vmapping its `R / mesh.size` runs."""
     cache_key = (make_model, epochs, batch_size, momentum, weight_decay, augment, eval_epochs,
-                 test_batch_size, n_train, n_test, progress)
+                 test_batch_size, n_train, n_test, progress, mesh)
     if cache_key in _CACHE:
         return _CACHE[cache_key]
     total_epochs = epochs + 1
@@ -206,7 +254,10 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
         phase1=min(decay_epoch(epochs), total_epochs), batch_size=batch_size,
         test_batch=test_batch_size, eval_mask=jnp.asarray(eval_mask), augment=augment,
         progress=progress)
-    fn = jax.jit(jax.vmap(run, in_axes=(0, None, None, None, None, None, None)))
+    runs = jax.vmap(run, in_axes=(0, None, None, None, None, None, None))
+    # shard_map, not sharding propagation: every device provably trains only its own runs.
+    fn = jax.jit(jax.shard_map(runs, mesh=mesh, in_specs=(P(RUNS_AXIS),) + (P(),) * 6,
+                               out_specs=P(RUNS_AXIS), check_vma=False))
     _CACHE[cache_key] = fn
     return fn
 

@@ -34,6 +34,11 @@ class Placement:
         """Constrain a real batch `[C, B, H, W, Ch]`: B over the mesh."""
         return jax.lax.with_sharding_constraint(x, self._spec(x.shape, 1)) if self.n > 1 else x
 
+    def real_batches(self, shape: tuple[int, ...]) -> NamedSharding:
+        """Where a step's real batches `[R, C, B, H, W, Ch]` live: B over the mesh (the same
+        split `real` constrains each batch to)."""
+        return self._spec(shape, 2)
+
     def syn(self, x: jax.Array) -> jax.Array:
         """Constrain a decoded set `[N, H, W, Ch]`: N over the mesh."""
         return jax.lax.with_sharding_constraint(x, self._spec(x.shape, 0)) if self.n > 1 else x

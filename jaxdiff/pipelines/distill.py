@@ -37,7 +37,7 @@ from jaxdiff.distill.evaluate import train_and_test
 from jaxdiff.distill.optim import make_optimizer
 from jaxdiff.distill.params import PARAM_GROUPS, get_parameterisation
 from jaxdiff.distill.placement import Placement
-from jaxdiff.distill.real_pool import make_real_pool
+from jaxdiff.distill.real_pool import NormalisedPool, make_real_pool, real_batches
 from jaxdiff.distill.synset import LabelledSet, save_synset
 from jaxdiff.distill.trajectory import flat_student
 from jaxdiff.distributed import agree, to_host
@@ -56,11 +56,11 @@ class Built(NamedTuple):
     static: dict          # its frozen arrays
     state: Any            # the loop state at step 0 (`DistillState` / `TMState`)
     step: Callable        # jitted `update(state, step, *step_args, *extra_args(step))`
-    step_args: tuple      # (static, pool images, mean, std) or (static,), placed on the mesh
+    step_args: tuple      # (static, mean, std) or (static,), placed on the mesh
     report: Any           # BudgetReport
     info: Any             # DatasetInfo
     make_model: Callable  # the classifier factory (distillation networks and evaluation)
-    extra_args: Callable | None = None  # TM: step -> (start, target) expert snapshots
+    extra_args: Callable | None = None  # step -> (real batches,) or TM's expert snapshots
 
     def step_fn(self, state, i):
         extra = self.extra_args(i) if self.extra_args is not None else ()
@@ -91,7 +91,7 @@ def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False)
                          f"class, fewer than loss.batch_real = {loss.batch_real} (the registry "
                          "expected more: is the prepared dataset complete?)")
     k_init, k_loop = jax.random.split(jax.random.key(spec.run.seed), 3)[:2]
-    params, static = param.init(k_init, pool.normalised())
+    params, static = param.init(k_init, NormalisedPool(pool))  # reads only the chosen images
     o = spec.opt
     opt = make_optimizer(o.name, o.lr, momentum=o.momentum, groups=PARAM_GROUPS[param.name],
                          group_lr=o.group_lr, masked=o.masked)
@@ -107,8 +107,11 @@ def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False)
                                  place=place)
         return Built(param, static, state, jitted, place.replicate((static,)), report, info,
                      make_model, feed)
-    step_args = place.replicate((static, pool.images, pool.mean, pool.std))
-    return Built(param, static, state, jitted, step_args, report, info, make_model)
+    batches = step.real_keys(jax.random.key(0)).shape[0]  # real batches per step (R)
+    shape = (batches, info.num_classes, loss.batch_real, *info.image_shape)
+    feed = real_batches(pool, loss.batch_real, k_loop, step.real_keys, place.real_batches(shape))
+    step_args = place.replicate((static, pool.mean, pool.std))
+    return Built(param, static, state, jitted, step_args, report, info, make_model, feed)
 
 
 def _method_step(spec: DistillSpec, param, opt, make_model, place, experts, k_init):
@@ -148,7 +151,7 @@ def _method_step(spec: DistillSpec, param, opt, make_model, place, experts, k_in
 def run(spec: DistillSpec) -> dict:
     """Distil, write the set and its images, evaluate; returns (and saves) the results dict."""
     timer = common.Timer()
-    train = spec.data.load("train")
+    train = spec.data.load("train", mmap=True)  # each step reads only its real batches' rows
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
     resuming = spec.run.resume and _has_checkpoint(run_dir)
     b = build(spec, train, skip_warmup=resuming)
@@ -168,7 +171,7 @@ def run(spec: DistillSpec) -> dict:
 
     method = f"{b.param.name}/{spec.loss.name} ipc{spec.ipc}"
     state, history = run_loop(b.step_fn, b.state, spec.iterations, run_dir=run_dir,
-                              fingerprint=spec.resolution.fingerprint,
+                              fingerprint=spec.resolution.resume_fingerprints,
                               checkpoint_every=spec.run.checkpoint_every,
                               log_every=spec.run.log_every, resume=spec.run.resume,
                               desc=f"distill {b.param.name}/{spec.loss.name}", on_log=on_log,

@@ -8,8 +8,10 @@ compiled program, results independent of `parallel`) -> E + 1 parameter snapshot
 
 Resuming (`--resume`): complete experts are kept; an expert in training restarts from its last
 per-epoch snapshot (momentum-free SGD: the snapshot is the whole state), and its remaining epochs
-draw the same randomness, so the result equals an uninterrupted run. Raising `num_experts` with
-`--resume` adds experts to an existing store. A store made with a different config is refused.
+draw the same randomness, so the result equals an uninterrupted run. Snapshots are host arrays,
+so a resume may use another `num_devices` (a group split over it: equal within 1e-6, a device's
+share of the group compiles differently). Raising `num_experts` with `--resume` adds experts to
+an existing store. A store made with a different config is refused.
 
 `buffer_dir` also receives `config.json`, `metrics.jsonl` (mean train loss per expert-epoch) and
 `results.json` (per-expert final train loss and test accuracy).
@@ -76,7 +78,7 @@ def run(spec: ExpertsSpec) -> dict:
             per_expert = {int(k): v for k, v in json.load(f).get("experts", {}).items()}
     E, N = spec.epochs, spec.num_experts
     todo = [i for i in range(N) if not store.is_complete(i)]
-    pool = _PoolPlacement(d)
+    pool = _PoolPlacement(d, common.data_mesh_checked(spec.run.num_devices)[0])
     print(f"[jaxdiff experts] {info.name}: {N} experts x {E} epochs "
           f"({N - len(todo)} already complete), {spec.parallel} in parallel "
           f"({pool.describe(spec.parallel)}), "
@@ -105,13 +107,13 @@ def run(spec: ExpertsSpec) -> dict:
 
 
 class _PoolPlacement:
-    """Where a group of experts trains: split over every device of the mesh (all processes)
+    """Where a group of experts trains: split over every device of `mesh` (all processes)
     when the group size is a multiple of the device count, each expert on one device's share;
     otherwise the whole group on this process's default device (as with one device: in a
     multi-process run every process then computes the same group)."""
 
-    def __init__(self, d):
-        self.mesh = shd.data_mesh()
+    def __init__(self, d, mesh):
+        self.mesh = mesh
         self.n = self.mesh.shape[shd.DATA_AXIS]
         self.local, self._replicated = d, None
 

@@ -7,6 +7,11 @@ saved every `checkpoint_every` steps together with the config fingerprint and th
 and `resume=True` continues from the latest checkpoint to the same result as an uninterrupted
 run (the step function must derive its randomness from the step index, e.g.
 `fold_in(key, step)`, never from Python state).
+
+A resume may run on another mesh (a changed `num_devices`, another machine, 2 processes x 4
+devices after 1 x 8): the checkpoint is restored onto this run's placement, a line names both
+meshes, and the checkpoints record which steps ran on which mesh (`meta["meshes"]`), so the run
+is not relabelled as one on the last mesh.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.checkpoint import Checkpointer, describe_mesh
 from jaxdiff.distributed import to_host
 from jaxdiff.metrics import MetricWriter, check_finite
 
@@ -40,7 +45,7 @@ def run_loop(
     num_steps: int,
     *,
     run_dir: str,
-    fingerprint: str,
+    fingerprint: str | tuple[str, ...],
     checkpoint_every: int = 100,
     log_every: int = 10,
     resume: bool = False,
@@ -56,8 +61,9 @@ def run_loop(
       init_state: the state at step 0 (pytree of arrays).
       num_steps: total steps of the run.
       run_dir: checkpoints go to `<run_dir>/checkpoints`, metrics to `<run_dir>/metrics.jsonl`.
-      fingerprint: the run's config fingerprint (`jaxdiff.checkpoint.config_fingerprint`, or a
-        spec's `resolution.fingerprint`): a resume refuses checkpoints with another one.
+      fingerprint: the run's config fingerprint (`jaxdiff.checkpoint.config_fingerprint`), or
+        the fingerprints a resume accepts (a spec's `resolution.resume_fingerprints`, which
+        leave out the device count): a resume refuses checkpoints with another one.
       checkpoint_every: save the full state every this many steps (and at the end).
       log_every: read metrics back to the host (a sync) every this many steps; NaN/Inf in any
         metric stops the run with a message naming the step.
@@ -75,10 +81,20 @@ def run_loop(
                         fingerprint=fingerprint)
     writer = MetricWriter(run_dir)
     state, start, history = init_state, 0, []
+    mesh = describe_mesh(init_state)
+    meshes = [[0, mesh]]          # [first step, mesh] of each stretch of the run
     if resume and ckpt.latest_step() is not None:
         start, state, meta = ckpt.restore(init_state)
         history = list(meta.get("metrics", []))
+        meshes = meta.get("meshes") or [[0, meta["mesh"]]]
+        if meshes[-1][1] != mesh:
+            meshes.append([start, mesh])
         print(f"[{desc}] resumed from {ckpt.directory}/{start}", flush=True)
+        if meta["mesh"] not in (None, mesh):
+            print(f"[{desc}] checkpoint written on a mesh of {meta['mesh']}; this run has "
+                  f"{mesh}: the state is placed on this run's mesh. Steps before {start} ran "
+                  "on the other, so the result equals an uninterrupted run's up to the rounding "
+                  "of reductions split another way over the devices", flush=True)
     elif not resume and ckpt.latest_step() is not None:
         ckpt.close()
         raise FileExistsError(f"{ckpt.directory} already holds checkpoints; pass --resume to "
@@ -102,7 +118,7 @@ def run_loop(
                 if not _all_finite(state):
                     raise FloatingPointError(f"non-finite values in the loop state at step {step}; "
                                              f"not saving. Last good checkpoint: step {last_saved}")
-                ckpt.save(done, state, {"metrics": history})
+                ckpt.save(done, state, {"metrics": history, "meshes": meshes})
                 last_saved = done
     finally:
         bar.close()

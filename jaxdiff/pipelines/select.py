@@ -27,10 +27,10 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff import data as jdata
+from jaxdiff import distributed, sharding
 from jaxdiff.checkpoint import config_fingerprint
 from jaxdiff.distill import augment as dsa
 from jaxdiff.distill.evaluate import train_and_test
@@ -60,19 +60,23 @@ def pretrain_cache_dir(spec: SelectSpec, seed: int) -> tuple[str, dict]:
 
 
 def pretrain(spec: SelectSpec, train_x, train_y, seed: int):
-    """Train (or reload) the selection model for `seed`; returns (graphdef, params, rest,
-    correct [E, N] bool, cache_dir, steps_run)."""
+    """Train (or reload) the selection model for `seed`, each batch split over the devices of
+    `sharding.batch_mesh`; returns (graphdef, params, rest, correct [E, N] bool, cache_dir,
+    steps_run); params and rest replicated on that mesh."""
     p, info = spec.pretrain, spec.data.info
     cache_dir, keyed = pretrain_cache_dir(spec, seed)
     n = len(train_y)
     batch = min(p.batch_size, n)
     steps_per_epoch = -(-n // batch)
+    mesh = sharding.batch_mesh(batch)
     tx = pretrain_optimizer(p.lr, p.momentum, p.nesterov, p.weight_decay)
     graphdef, state = init_pretrain_state(p.model.factory(info.image_shape, info.num_classes),
                                           seed, tx, p.epochs, n)
-    step = make_pretrain_step(graphdef, tx, n, batch, steps_per_epoch)
-    arrays = (jnp.asarray(train_x), jnp.asarray(train_y, jnp.int32),
-              jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32))
+    state = sharding.replicate(state, mesh)
+    step = make_pretrain_step(graphdef, tx, n, batch, steps_per_epoch, mesh)
+    arrays = sharding.replicate((train_x, np.asarray(train_y, np.int32),
+                                 np.asarray(info.mean, np.float32),
+                                 np.asarray(info.std, np.float32)), mesh)
     counted = {"steps": 0}
 
     def step_fn(s, i):
@@ -85,8 +89,8 @@ def pretrain(spec: SelectSpec, train_x, train_y, seed: int):
                         checkpoint_every=p.checkpoint_every,
                         log_every=min(p.log_every, num_steps), resume=True,
                         desc=f"pretrain seed {seed}", progress=spec.run.progress, max_to_keep=1)
-    return (graphdef, state["params"], state["rest"], np.asarray(state["correct"]).astype(bool),
-            cache_dir, counted["steps"])
+    return (graphdef, state["params"], state["rest"],
+            distributed.to_host(state["correct"]).astype(bool), cache_dir, counted["steps"])
 
 
 def features_for_seed(spec: SelectSpec, train_x, train_y, seed: int):
@@ -96,13 +100,14 @@ def features_for_seed(spec: SelectSpec, train_x, train_y, seed: int):
     pretrain_s = time.perf_counter() - t0
     path = os.path.join(cache_dir, "features.npz")
     t0 = time.perf_counter()
-    cached = os.path.exists(path) and steps_run == 0
+    cached = distributed.agree(os.path.exists(path) and steps_run == 0)
     if cached:
         with np.load(path) as f:
             emb, logits = f["embeddings"], f["logits"]
     else:
         emb, logits = extract_features(graphdef, params, rest, train_x, spec.data.info.mean,
-                                       spec.data.info.std)
+                                       spec.data.info.std,
+                                       mesh=jax.tree.leaves(params)[0].sharding.mesh)
         atomic_savez(path, embeddings=emb, logits=logits, labels=train_y)
     acc = float(np.mean(np.argmax(logits, -1) == train_y))
     return ({"embeddings": emb, "logits": logits, "correct": correct},
@@ -123,7 +128,7 @@ def run(spec: SelectSpec) -> dict:
     info = spec.data.info
     train_x, train_y = train.images[spec.pool], train.labels[spec.pool].astype(np.int32)
     size = spec.eval.test_size or None
-    test_xn = jnp.asarray(jdata.normalize(test.images[:size], info))
+    test_xn = np.asarray(jdata.normalize(test.images[:size], info))
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
     os.makedirs(os.path.join(run_dir, "selections"), exist_ok=True)
     results_path = os.path.join(run_dir, "results.json")
@@ -131,6 +136,8 @@ def run(spec: SelectSpec) -> dict:
     if spec.run.resume and os.path.exists(results_path):
         with open(results_path) as f:
             rows = json.load(f).get("rows", [])
+    rows = distributed.agree(rows)  # process 0's view of the finished rows, for every process
+    mesh = sharding.data_mesh()     # the selections split their classes over all devices
     done = {r["name"] for r in rows}
     print(f"[jaxdiff select] {info.name}: pool {len(train_y)} images, {info.num_classes} classes; "
           f"methods {list(spec.methods)}; fractions {list(spec.fractions)} (per-class budgets "
@@ -151,7 +158,7 @@ def run(spec: SelectSpec) -> dict:
               f"{100 * finfo['train_accuracy_eval_mode']:.1f} %)", flush=True)
         for f, m in todo:
             row = _select_and_evaluate(spec, m, f, seed, inputs, train, train_y, test_xn,
-                                       test.labels[:size], run_dir)
+                                       test.labels[:size], run_dir, mesh)
             rows = [r for r in rows if r["name"] != row["name"]] + [row]
             _write(spec, run_dir, rows, seed_info, timer)
     out = _write(spec, run_dir, rows, seed_info, timer)
@@ -162,18 +169,20 @@ def run(spec: SelectSpec) -> dict:
 
 
 def _select_and_evaluate(spec: SelectSpec, method, fraction, seed, inputs, train, pool_labels,
-                         test_x, test_y, run_dir) -> dict:
+                         test_x, test_y, run_dir, mesh) -> dict:
     """Select with `method` at `fraction` for `seed`, save the selection, evaluate it: the row."""
     info = spec.data.info
     fn = M.get_method(method)
     sig = inspect.signature(fn).parameters
     kwargs = {k: v for k, v in inputs.items() if k in sig}
     kwargs.update(spec.options.get(method, {}))
+    if "mesh" in sig:
+        kwargs["mesh"] = mesh
     t0 = time.perf_counter()
     sel = M.select(method, jax.random.fold_in(jax.random.key(seed), 0), pool_labels,
                    info.num_classes, fraction, **kwargs)
     weights = np.asarray(sel.weights)
-    select_s = time.perf_counter() - t0
+    select_s = time.perf_counter() - t0  # the selection ends with its (host) weights
     idx = spec.pool[np.asarray(sel.indices)]  # dataset indices of the training split
     name = selection_name(method, fraction, seed)
     meta = {"name": name, "method": method, "fraction": fraction, "seed": seed,

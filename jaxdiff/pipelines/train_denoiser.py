@@ -1,9 +1,10 @@
 """`jaxdiff train-denoiser`: train an EDM denoiser (U-Net or MLP, optionally class-conditional).
 
 The path (config -> `jaxdiff.specs.train_denoiser.resolve` -> here): the training split (uint8,
-replicated on the mesh) -> the network (`models.denoisers`) -> the data-parallel EDM loop step
-with EMA (`diffusion.train.make_loop_step`: each step's batch drawn on device and sharded over
-the mesh's `data` axis, gradients all-reduced by XLA) -> `run_loop` (full state checkpointed:
+a memory map of the data cache) -> the network (`models.denoisers`) -> the data-parallel EDM
+loop step with EMA (`diffusion.train.make_loop_step`: each step's batch drawn from the step's
+key, read on the host by each process for its own devices (`feeding.HostBatches`) and sharded
+over the mesh's `data` axis, gradients all-reduced by XLA) -> `run_loop` (full state checkpointed:
 parameters, EMA, optimiser state, the run's key; step s draws from `fold_in(key, s)`, so
 `--resume` continues to the same result as an uninterrupted run) -> the final model.
 
@@ -29,9 +30,10 @@ from jaxdiff import data as jdata
 from jaxdiff import sharding as shd
 from jaxdiff.diffusion import schedules, solvers
 from jaxdiff.diffusion.saved import MODEL_JSON, save_model
-from jaxdiff.diffusion.train import (LoopState, denoiser_optimizer, init_train_state,
+from jaxdiff.diffusion.train import (LoopState, batch_rows, denoiser_optimizer, init_train_state,
                                      make_loop_step, nnx_denoiser)
 from jaxdiff.distributed import to_host
+from jaxdiff.feeding import HostBatches
 from jaxdiff.files import atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.models.denoisers import build_denoiser
@@ -61,7 +63,7 @@ def run(spec: TrainDenoiserSpec) -> dict:
     timer = common.Timer()
     t = spec.train
     mesh, ndev = common.data_mesh_checked(spec.run.num_devices, train__batch_size=t.batch_size)
-    train = spec.data.load("train")
+    train = spec.data.load("train", mmap=True)
     info = train.info
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
     k_init, k_loop, k_grid = jax.random.split(jax.random.key(spec.run.seed), 3)
@@ -70,8 +72,10 @@ def run(spec: TrainDenoiserSpec) -> dict:
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tstate.params))
     state = shd.replicate(LoopState(tstate, jax.random.key_data(k_loop),
                                     jnp.zeros((), jnp.float32)), mesh)
-    images = shd.replicate(jnp.asarray(train.images), mesh)
-    labels = shd.replicate(jnp.asarray(train.labels, jnp.int32), mesh)
+    # Each step's batch is read on the host, each process only its devices' rows.
+    batches = HostBatches((train.images, train.labels.astype(np.int32)),
+                          batch_rows(k_loop, t.batch_size, len(train.labels)),
+                          (shd.batch_sharding(mesh),) * 2)
     step = make_loop_step(graphdef, tx, batch_size=t.batch_size, sigma_data=t.sigma_data,
                           p_mean=t.p_mean, p_std=t.p_std, label_dropout=t.label_dropout,
                           null_label=spec.num_classes or None, ema_decay=t.ema_decay,
@@ -93,8 +97,8 @@ def run(spec: TrainDenoiserSpec) -> dict:
           f"{t.batch_size} on {common.describe_devices()} (mesh {ndev})", flush=True)
     stop = min(spec.stop_after, t.steps) if spec.stop_after else t.steps
     state, history = run_loop(
-        lambda s, i: jitted(s, i, images, labels), state, stop, run_dir=run_dir,
-        fingerprint=spec.resolution.fingerprint, checkpoint_every=spec.run.checkpoint_every,
+        lambda s, i: jitted(s, i, *batches(i)), state, stop, run_dir=run_dir,
+        fingerprint=spec.resolution.resume_fingerprints, checkpoint_every=spec.run.checkpoint_every,
         log_every=spec.run.log_every, resume=spec.run.resume, desc="train-denoiser",
         on_log=on_log, progress=spec.run.progress)
     if stop < t.steps:

@@ -7,7 +7,8 @@ The path (config -> `jaxdiff.specs.train_discriminator.resolve` -> here):
    a Karras grid, EMA weights), written once to `<run_dir>/fake.npz` and reused on resume.
 2. **Training**: real images (label 1) against fake ones (label 0), BCE with the library's VP
    noise importance sampling (`jaxdiff.diffusion.discriminator`), Adam, L2 decay; data-parallel
-   over a 1-D mesh (replicated parameters and data, the batch sharded over `data`); resumable
+   over a 1-D mesh (replicated parameters; each step's batch read on the host, every process
+   only its devices' rows (`feeding.HostBatches`), and sharded over `data`); resumable
    through `run_loop` (step s draws from `fold_in(key, s)`). `disc.extractor = "quality_net"`
    puts the pretrained quality classifier in front as a frozen feature extractor (as DG freezes
    the ADM classifier); "none" trains a conv head on the pixels.
@@ -32,6 +33,7 @@ from jaxdiff.diffusion import schedules, solvers
 from jaxdiff.diffusion.saved import (DISC_JSON, TrainedDenoiser, build_discriminator, load_model,
                                      save_discriminator)
 from jaxdiff.distributed import to_host
+from jaxdiff.feeding import HostBatches
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines.loop import run_loop
@@ -90,19 +92,23 @@ def _fake_data(spec: TrainDiscriminatorSpec, run_dir, den_model, key, mesh):
     return fake, labels
 
 
-def _train_step(base_step, half: int, conditional: bool, bsh):
-    """`(state, i, real_x, real_y, fake_x, fake_y) -> (state, metrics)`: `half` real and `half`
-    fake images drawn with replacement from `fold_in(key, i)`, the batch sharded."""
+def _batch_rows(loop_key, half: int, num_real: int, num_fake: int):
+    """`(real_rows(i), fake_rows(i))`: `half` real and `half` fake rows of step i, drawn with
+    replacement from the first two keys of `split(fold_in(key, i), 3)`."""
+    def rows(which, n):
+        return lambda i: jax.random.randint(
+            jax.random.split(jax.random.fold_in(loop_key, i), 3)[which], (half,), 0, n)
+    return rows(0, num_real), rows(1, num_fake)
+
+
+def _train_step(base_step, conditional: bool):
+    """`(state, i, real_u8, real_y, fake_x, fake_y) -> (state, metrics)` on step i's batch (read
+    on the host, `_batch_rows`, sharded over the mesh); the third key of step i drives the step."""
 
     def step(state, i, rx, ry, fx, fy):
-        k = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), i)
-        kr, kf, ks = jax.random.split(k, 3)
-        ir = jax.random.randint(kr, (half,), 0, rx.shape[0])
-        jf = jax.random.randint(kf, (half,), 0, fx.shape[0])
-        xr = jax.lax.with_sharding_constraint(rx[ir], bsh)
-        xf = jax.lax.with_sharding_constraint(fx[jf], bsh)
-        new, met = base_step(state["disc"], xr, xf, ks, ry[ir] if conditional else None,
-                             fy[jf] if conditional else None)
+        ks = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state["key"]), i), 3)[2]
+        new, met = base_step(state["disc"], jdata.to_model_space(rx), fx, ks,
+                             ry if conditional else None, fy if conditional else None)
         return {"disc": new, "key": state["key"]}, met
 
     return step
@@ -116,7 +122,7 @@ def run(spec: TrainDiscriminatorSpec) -> dict:
                                           fake__batch_size=spec.fake.batch_size)
     den_model = load_model(spec.model_dir)
     real_ds = jdata.load(spec.dataset, "train", data_dir=spec.data_dir or None,
-                         image_size=spec.image_size or None)
+                         image_size=spec.image_size or None, mmap=True)
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
     k_fake, k_init, k_loop, k_eval, _ = jax.random.split(jax.random.key(spec.run.seed), 5)
     fake, fake_labels = _fake_data(spec, run_dir, den_model, k_fake, mesh)
@@ -124,22 +130,25 @@ def run(spec: TrainDiscriminatorSpec) -> dict:
     graphdef, dstate = D.init_disc_train_state(build_discriminator(spec.disc, nnx.Rngs(k_init)),
                                                tx)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(dstate.params))
-    arrays = shd.replicate((jnp.asarray(jdata.to_model_space(real_ds.images)),
-                            jnp.asarray(real_ds.labels, jnp.int32), jnp.asarray(fake),
-                            jnp.asarray(fake_labels)), mesh)
-    step = _train_step(D.make_disc_train_step(graphdef, tx), spec.train.batch_size,
-                       bool(spec.num_classes), shd.batch_sharding(mesh))
+    # Each step's real and fake halves are read on the host, each process only its devices'.
+    half = spec.train.batch_size
+    real_rows, fake_rows = _batch_rows(k_loop, half, len(real_ds.labels), len(fake))
+    split = (shd.batch_sharding(mesh),) * 2
+    real_batches = HostBatches((real_ds.images, real_ds.labels.astype(np.int32)), real_rows, split)
+    fake_batches = HostBatches((fake, np.asarray(fake_labels, np.int32)), fake_rows, split)
+    step = _train_step(D.make_disc_train_step(graphdef, tx), bool(spec.num_classes))
     state = shd.replicate({"disc": dstate, "key": jax.random.key_data(k_loop)}, mesh)
     state_sh = jax.tree.map(lambda _: shd.replicated(mesh), state)
     jitted = jax.jit(step, donate_argnums=0, out_shardings=(state_sh, shd.replicated(mesh)))
-    half, total = spec.train.batch_size, spec.train.steps
+    total = spec.train.steps
     print(f"[jaxdiff train-discriminator] {spec.dataset} {tuple(den_model.image_shape)}: "
           f"{real_ds.images.shape[0]} real vs {fake.shape[0]} fake; head {num_params:,} "
           f"parameters (extractor: {spec.disc['extractor']}); {total} steps of {half}+{half} on "
           f"{common.describe_devices()} (mesh {ndev})", flush=True)
     stop = min(spec.stop_after, total) if spec.stop_after else total
-    state, history = run_loop(lambda s, i: jitted(s, i, *arrays), state, stop, run_dir=run_dir,
-                              fingerprint=spec.resolution.fingerprint,
+    state, history = run_loop(lambda s, i: jitted(s, i, *real_batches(i), *fake_batches(i)),
+                              state, stop, run_dir=run_dir,
+                              fingerprint=spec.resolution.resume_fingerprints,
                               checkpoint_every=spec.run.checkpoint_every,
                               log_every=spec.run.log_every, resume=spec.run.resume,
                               desc="train-discriminator", progress=spec.run.progress)

@@ -46,11 +46,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from jaxdiff.distributed import to_host
 from jaxdiff.random import as_key, sample_keys
 from jaxdiff.select import features as F
 from jaxdiff.select import greedy as G
+from jaxdiff.sharding import put, replicate
 
 
 class Selection(NamedTuple):
@@ -273,8 +275,15 @@ def prepare_classes(kernel: Kernel, key, labels, num_classes, fraction, data, *,
     table = _class_table(labels, num_classes, budgets, multiple)
     class_batch = _check_pos_int("class_batch", class_batch)
     keys = sample_keys(key, table.index.shape[0])  # class c uses fold_in(key, c)
-    args = (kernel, config, params if params is not None else {}, data,
-            jnp.asarray(table.index), jnp.asarray(table.counts), jnp.asarray(table.budgets), keys)
+    params = params if params is not None else {}
+    per_class = (table.index, table.counts, table.budgets, keys)
+    if mesh is not None:
+        # Global arrays on the mesh (they may span several processes): the class axis split,
+        # the pool's data and the parameters on every device.
+        split = NamedSharding(mesh, P(axis))
+        per_class = tuple(put(x, split) for x in per_class)
+        params, data = replicate((params, data), mesh)
+    args = (kernel, config, params, data, *map(jnp.asarray, per_class))
     static = dict(max_budget=int(table.budgets.max()), class_batch=class_batch, mesh=mesh,
                   axis=axis)
     return _Prepared(args, static, table, budgets)
@@ -285,6 +294,9 @@ def assemble_selection(prep: _Prepared, glob, w, info) -> Selection:
     table, c_num, k_max = prep.table, prep.table.num_classes, prep.static["max_budget"]
     flat = np.concatenate([c * k_max + np.arange(b) for c, b in
                            enumerate(table.budgets[:c_num])])
+    # Classes computed on other processes' devices are gathered first.
+    glob, w, info = jax.tree.map(
+        lambda x: x if x.is_fully_addressable else jnp.asarray(to_host(x)), (glob, w, info))
     info = {k: v[:c_num] for k, v in info.items()}
     info.update(budgets=prep.budgets, class_sizes=table.counts[:c_num].astype(np.int64))
     return Selection(glob.reshape(-1)[flat].astype(jnp.int32), w.reshape(-1)[flat], info)

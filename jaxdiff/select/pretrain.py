@@ -21,7 +21,9 @@ from flax import nnx
 
 from jaxdiff.batching import epoch_batches
 from jaxdiff.data.transforms import normalize_with
+from jaxdiff.distributed import to_host
 from jaxdiff.models.functional import apply, masked_cross_entropy, with_mode
+from jaxdiff.sharding import batch_sharding, put
 
 
 def pretrain_optimizer(lr: float, momentum: float, nesterov: bool,
@@ -44,13 +46,17 @@ def init_pretrain_state(make_model: Callable, seed: int, tx, num_epochs: int, n:
     return graphdef, state
 
 
-def make_pretrain_step(graphdef, tx, n: int, batch: int, steps_per_epoch: int):
+def make_pretrain_step(graphdef, tx, n: int, batch: int, steps_per_epoch: int,
+                       mesh: jax.sharding.Mesh | None = None):
     """Jitted `(state, step, images_u8 [N, H, W, C], labels [N], mean, std) -> (state, metrics)`.
 
     Step s trains on batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`'s batches
     `epoch_batches(fold_in(key, epoch), n, batch)`; the padding of the last batch has weight 0
-    and is left out of `correct`.
+    and is left out of `correct`. With a `mesh` (its size dividing `batch`), each batch is
+    split over its devices (data parallel; the state and the pool replicated on it): the same
+    step, BatchNorm statistics over the whole batch.
     """
+    split = None if mesh is None else batch_sharding(mesh)
 
     def step(state, step_idx, images, labels, mean, std):
         epoch = step_idx // steps_per_epoch
@@ -58,6 +64,8 @@ def make_pretrain_step(graphdef, tx, n: int, batch: int, steps_per_epoch: int):
         ekey = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), epoch)
         idx_all, w_all = epoch_batches(ekey, n, batch)
         idx, w = idx_all[s], w_all[s]
+        if split is not None:
+            idx, w = (jax.lax.with_sharding_constraint(a, split) for a in (idx, w))
         x = normalize_with(images[idx], mean, std)
         y = labels[idx]
 
@@ -80,11 +88,17 @@ def make_pretrain_step(graphdef, tx, n: int, batch: int, steps_per_epoch: int):
 
 
 def extract_features(graphdef, params, rest, images: np.ndarray, mean, std,
-                     batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Eval-mode penultimate embeddings `[N, D]` and logits `[N, C]` (float32) of uint8
-    `images [N, H, W, C]`, in fixed-size batches (the last one padded: one compiled shape)."""
+                     batch_size: int = 1000, mesh: jax.sharding.Mesh | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode penultimate embeddings `[N, D]` and logits `[N, C]` (float32, host) of uint8
+    `images [N, H, W, C]`, in fixed-size batches (the last one padded: one compiled shape).
+    With a `mesh` every batch is split over its devices (`params`/`rest` must be replicated
+    on it; the batch size is rounded up to a multiple of the mesh size)."""
     mean = jnp.asarray(mean, jnp.float32)
     std = jnp.asarray(std, jnp.float32)
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.size) * mesh.size
+        split = batch_sharding(mesh)
 
     @jax.jit
     def feats(params, rest, xb):
@@ -98,8 +112,10 @@ def extract_features(graphdef, params, rest, images: np.ndarray, mean, std,
         xb = images[s:s + batch_size]
         if len(xb) < batch_size:
             xb = np.concatenate([xb, np.zeros((batch_size - len(xb), *xb.shape[1:]), xb.dtype)])
-        e, z = feats(params, rest, jnp.asarray(xb))
-        embs.append(np.asarray(e))
-        logits.append(np.asarray(z))
+        e, z = feats(params, rest, jnp.asarray(xb) if mesh is None else put(xb, split))
+        embs.append(e)
+        logits.append(z)
+    # One gather at the end: the batches are dispatched without waiting for the host.
+    embs, logits = to_host((embs, logits))
     return (np.concatenate(embs)[:n].astype(np.float32),
             np.concatenate(logits)[:n].astype(np.float32))

@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jaxdiff.checkpoint import RUN_CONTROL_KEYS, config_fingerprint
+from jaxdiff.checkpoint import RUN_CONTROL_KEYS, config_fingerprint, resume_fingerprints
 from jaxdiff.errors import UserError
 from jaxdiff.files import atomic_write_json
 
@@ -44,13 +44,17 @@ class Resolution:
       command: the `jaxdiff` command (`distill`, `sample`, ...).
       notes: one line per filled-in, derived or adjusted value, naming its source.
       config: the resolved config as a plain dict (sentinels replaced by table defaults).
-      fingerprint: `config_fingerprint(config, ignore)`: what a checkpoint must match to resume.
+      fingerprint: `config_fingerprint(config, ignore)`: the config's identity (`config.json`).
+      resume_fingerprints: `checkpoint.resume_fingerprints(config, ignore)`: what a checkpoint
+        must carry to resume (the first leaves out the device count, so a resume may change it;
+        the second is `fingerprint`, which checkpoints older than that rule carry).
     """
 
     command: str
     notes: tuple[str, ...]
     config: dict
     fingerprint: str
+    resume_fingerprints: tuple[str, ...]
 
 
 def _to_dict(config) -> dict:
@@ -122,7 +126,8 @@ class Resolver:
     def resolution(self, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> Resolution:
         """The notes so far, the resolved config and its fingerprint (leaving out `ignore`)."""
         return Resolution(self.command, tuple(self._notes), copy.deepcopy(self._config),
-                          config_fingerprint(self._config, ignore))
+                          config_fingerprint(self._config, ignore),
+                          resume_fingerprints(self._config, ignore))
 
     @property
     def resolved_config(self) -> dict:

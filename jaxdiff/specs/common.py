@@ -31,9 +31,11 @@ class DataSpec:
     image_size: int | None
     info: jdata.DatasetInfo
 
-    def load(self, split: str) -> jdata.Dataset:
-        """The whole split as host uint8 arrays (decoded once, then cached on disk)."""
-        return jdata.load(self.name, split, data_dir=self.data_dir, image_size=self.image_size)
+    def load(self, split: str, *, mmap: bool = False) -> jdata.Dataset:
+        """The whole split as host uint8 arrays (decoded once, then cached on disk); `mmap`:
+        memory maps of the cache, read as they are indexed."""
+        return jdata.load(self.name, split, data_dir=self.data_dir, image_size=self.image_size,
+                          mmap=mmap)
 
 
 def data_spec(r: Resolver, prefix: str = "data") -> DataSpec:

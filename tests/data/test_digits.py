@@ -36,8 +36,11 @@ def test_digits_deterministic_and_cache_consistent(private_cache):
     a = data.load("digits", "train", cache=False)
     b = data.load("digits", "train")  # writes the cache
     c = data.load("digits", "train")  # reads it
+    m = data.load("digits", "train", mmap=True)  # maps it: rows read when indexed
     assert any(private_cache.rglob("images.npy"))
-    for x in (b, c):
+    assert isinstance(m.images, np.memmap) and not m.images.flags.writeable
+    assert not isinstance(c.images, np.memmap) and c.images.flags.writeable
+    for x in (b, c, m):
         np.testing.assert_array_equal(a.images, x.images)
         np.testing.assert_array_equal(a.labels, x.labels)
     assert a.info == c.info

@@ -15,7 +15,7 @@ from jaxdiff.distill.dc import make_dc_step, train_network
 from jaxdiff.distill.optim import make_optimizer
 from jaxdiff.distill.params import get_parameterisation
 from jaxdiff.distill.placement import Placement
-from jaxdiff.distill.real_pool import make_real_pool, sample_real
+from jaxdiff.distill.real_pool import make_real_pool, real_batches, sample_real
 from jaxdiff.distill.step import fresh_network
 
 
@@ -58,12 +58,14 @@ def test_one_round_is_one_gradient_matching_update(key):
                         metric="ours", lr_net=0.01, batch_train=8,
                         place=Placement(sharding.data_mesh(1)))
     state = step.init(params, jax.random.key(2))
-    new, metrics = jax.jit(step.update)(state, np.int32(4), static, pool.images, pool.mean,
-                                        pool.std)
+    feed = real_batches(pool, 4, jax.random.key(2), step.real_keys,
+                       Placement(sharding.data_mesh(1)).real_batches((1, 3, 4, 8, 8, 1)))
+    new, metrics = jax.jit(step.update)(state, np.int32(4), static, pool.mean, pool.std,
+                                        *feed(4))
     k_net, k_loop = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(state.key), 4))
     graphdef, theta, rest = fresh_network(make, k_net)
     k_real, k_aug, _ = jax.random.split(jax.random.fold_in(k_loop, 0), 3)
-    real = sample_real(pool.images, pool.mean, pool.std, k_real, 4)
+    real = sample_real(jax.numpy.asarray(pool.class_images()), pool.mean, pool.std, k_real, 4)
     net = lambda p, x: models.apply(graphdef, (p, rest), x)[0]  # noqa: E731
 
     def loss(p):

@@ -13,7 +13,7 @@ from jaxdiff.distill.dm import make_dm_step
 from jaxdiff.distill.optim import make_optimizer
 from jaxdiff.distill.params import get_parameterisation
 from jaxdiff.distill.placement import Placement
-from jaxdiff.distill.real_pool import make_real_pool, sample_real
+from jaxdiff.distill.real_pool import make_real_pool, real_batches, sample_real
 from jaxdiff.distill.step import fresh_network
 
 MAKE = functools.partial(models.ConvNet, in_channels=1, num_classes=3, image_size=8, depth=1,
@@ -28,19 +28,23 @@ def _setup(key, lr=0.5):
     param = get_parameterisation("pixel", ipc=2)
     params, static = param.init(key, pool.normalised())
     opt = make_optimizer("sgd", lr, groups=("images",))
+    place = Placement(sharding.data_mesh(1))
     step = make_dm_step(param, opt, MAKE, None, batch_real=4, num_classes=3, per_class=2,
-                        place=Placement(sharding.data_mesh(1)))
-    return step, step.init(params, jax.random.key(5)), (static, pool.images, pool.mean, pool.std)
+                        place=place)
+    feed = real_batches(pool, 4, jax.random.key(5), step.real_keys,
+                       place.real_batches((1, 3, 4, 8, 8, 1)))
+    args = lambda i: (static, pool.mean, pool.std, *feed(i))  # noqa: E731
+    return step, step.init(params, jax.random.key(5)), args, pool
 
 
 def test_update_is_the_documented_computation(key):
-    step, state, args = _setup(key)
-    new, metrics = jax.jit(step.update)(state, np.int32(3), *args)
+    step, state, args, pool = _setup(key)
+    new, metrics = jax.jit(step.update)(state, np.int32(3), *args(3))
     k = jax.random.fold_in(jax.random.wrap_key_data(state.key), 3)
     k_net, k_real, k_aug = jax.random.split(k, 3)
     graphdef, p, rest = fresh_network(MAKE, k_net)
     embed = lambda x: models.apply(graphdef, (p, rest), x, method="embed")[0]  # noqa: E731
-    real = sample_real(args[1], args[2], args[3], k_real, 4)
+    real = sample_real(jax.numpy.asarray(pool.class_images()), pool.mean, pool.std, k_real, 4)
 
     def loss(params):
         syn = params["images"].reshape(3, 2, 8, 8, 1)
@@ -54,10 +58,10 @@ def test_update_is_the_documented_computation(key):
 
 
 def test_update_depends_only_on_state_and_step(key):
-    step, state, args = _setup(key)
+    step, state, args, _ = _setup(key)
     run = jax.jit(step.update)
-    a, _ = run(state, np.int32(1), *args)
-    b, _ = run(state, np.int32(1), *args)
-    c, _ = run(state, np.int32(2), *args)                        # another fresh network
+    a, _ = run(state, np.int32(1), *args(1))
+    b, _ = run(state, np.int32(1), *args(1))
+    c, _ = run(state, np.int32(2), *args(2))                        # another fresh network
     np.testing.assert_array_equal(a.params["images"], b.params["images"])
     assert not np.allclose(a.params["images"], c.params["images"])

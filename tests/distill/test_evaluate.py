@@ -1,5 +1,6 @@
 """The train-on-X / test-on-real protocol (dd-common.md §11) against a plain-Python reference of
-the same semantics, plus run independence, BatchNorm, and a 1- vs 8-device data-parallel step."""
+the same semantics, plus run independence, BatchNorm, runs split over 1, 2, 3 or 8 devices, and
+a 1- vs 8-device data-parallel step."""
 
 import functools
 
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxdiff import models, sharding
-from jaxdiff.distill.evaluate import decay_epoch, train_and_test
+from jaxdiff.distill.evaluate import decay_epoch, run_layout, train_and_test
 from jaxdiff.random import sample_keys
 
 
@@ -88,6 +89,43 @@ def test_runs_do_not_depend_on_num_runs_and_lr_is_traced(key):
     assert not np.allclose(other.train_loss, three.train_loss)
     assert other.accuracy_at.shape == (3, 2) and other.eval_epochs == (1, 5)
     np.testing.assert_allclose(other.accuracy_at[:, 1], other.accuracy)   # epoch E+1 == final
+
+
+class _Dev:
+    def __init__(self, process_index, i):
+        self.process_index, self.id = process_index, i
+
+    def __repr__(self):
+        return f"p{self.process_index}d{self.id}"
+
+
+@pytest.mark.parametrize("runs, procs, per_proc, used, per_device", [
+    (1, 1, 8, 1, 1), (5, 1, 8, 5, 1), (8, 1, 8, 8, 1), (10, 1, 8, 5, 2), (17, 1, 8, 6, 3),
+    (5, 2, 4, 6, 1), (1, 2, 4, 2, 1), (10, 2, 4, 6, 2), (8, 2, 4, 8, 1), (3, 1, 1, 1, 3)])
+def test_run_layout_fewest_rounds_then_fewest_devices(runs, procs, per_proc, used, per_device):
+    devices = [_Dev(p, p * per_proc + i) for p in range(procs) for i in range(per_proc)]
+    chosen, k = run_layout(runs, devices)
+    assert (len(chosen), k) == (used, per_device)
+    assert k == -(-runs // (procs * per_proc))             # no device trains more than needed
+    assert len(chosen) * k >= runs > (len(chosen) - procs) * k  # and less padding is impossible
+    counts = [sum(d.process_index == p for d in chosen) for p in range(procs)]
+    assert counts == [used // procs] * procs                # every process holds a share
+    assert len(set(map(id, chosen))) == len(chosen)
+
+
+def test_runs_split_over_devices_match_one_device(key):
+    """4 runs on 1 device (vmap 4), 2 devices (2 x 2), 3 devices (2 x 2, two padding runs) and
+    8 devices (4 x 1): the same networks, up to XLA's float arithmetic for another vmap size."""
+    x, y, xt, yt = _toy_data(n=24)
+    make = functools.partial(models.ConvNet, in_channels=1, num_classes=3, image_size=4, depth=1,
+                             width=8)
+    kw = dict(make_model=make, num_runs=4, epochs=3, lr=0.05, batch_size=8)
+    one = train_and_test(key, x, y, xt, yt, devices=jax.devices()[:1], **kw)
+    for n in (2, 3, 8):
+        split = train_and_test(key, x, y, xt, yt, devices=jax.devices()[:n], **kw)
+        np.testing.assert_allclose(split.train_loss, one.train_loss, rtol=1e-5, err_msg=str(n))
+        np.testing.assert_array_equal(split.accuracy, one.accuracy)
+    assert len(set(one.train_loss.tolist())) == 4  # four different networks
 
 
 def test_batchnorm_network_trains_and_separable_data_is_learned(key):

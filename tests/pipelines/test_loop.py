@@ -1,12 +1,16 @@
 """The resumable training loop (`jaxdiff.pipelines.loop.run_loop`): resume equals an
-uninterrupted run, another config is refused, NaN stops the loop keeping the last good checkpoint."""
+uninterrupted run, also on another mesh (named and recorded), another config is refused (a
+changed device count only from checkpoints older than the mesh record), NaN stops the loop
+keeping the last good checkpoint."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.checkpoint import Checkpointer, ConfigMismatchError, config_fingerprint
+from jaxdiff import sharding
+from jaxdiff.checkpoint import (Checkpointer, ConfigMismatchError, config_fingerprint,
+                                resume_fingerprints)
 from jaxdiff.pipelines.loop import run_loop
 
 
@@ -54,6 +58,56 @@ def test_resume_refuses_other_config(tmp_path):
     with pytest.raises(ConfigMismatchError, match="fingerprint"):
         run_loop(_toy_step_jit, _toy_init(), 10, run_dir=str(tmp_path), fingerprint=config_fingerprint({"lr": 0.2}),
                  resume=True, progress=False)
+
+
+def _mesh_step(state, step):
+    """Elementwise on a `[8]` vector split over the mesh: the same arithmetic on any mesh."""
+    k = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), step)
+    w = 0.5 * state["w"] + jax.random.normal(k, state["w"].shape)
+    return {"w": w, "key": state["key"]}, {"loss": jnp.sum(w ** 2)}
+
+
+def _mesh_init(n):
+    mesh = sharding.data_mesh(n)
+    return {"w": sharding.shard_batch(jnp.zeros(8), mesh),
+            "key": sharding.replicate(jax.random.key_data(jax.random.key(3)), mesh)}
+
+
+def test_resume_on_another_mesh_is_named_and_recorded(tmp_path, capsys):
+    """8 devices -> 4 -> 8: each resume places the state on its own mesh, prints both meshes,
+    and the checkpoint records which steps ran where; the values are the uninterrupted run's."""
+    fp = resume_fingerprints({"lr": 0.1, "num_devices": 8})
+    step = jax.jit(_mesh_step)
+    full, _ = run_loop(step, _mesh_init(8), 15, run_dir=str(tmp_path / "a"), fingerprint=fp,
+                       checkpoint_every=5, progress=False)
+    run_dir = str(tmp_path / "b")
+    for n, stop in ((8, 5), (4, 10), (8, 15)):
+        fp = resume_fingerprints({"lr": 0.1, "num_devices": n})
+        state, _ = run_loop(step, _mesh_init(n), stop, run_dir=run_dir, fingerprint=fp,
+                            checkpoint_every=5, resume=True, progress=False)
+        assert state["w"].sharding.mesh.size == n
+    out = capsys.readouterr().out
+    assert ("checkpoint written on a mesh of 8 devices (data=8); this run has 4 devices "
+            "(data=4)") in out
+    assert "checkpoint written on a mesh of 4 devices (data=4); this run has 8 devices" in out
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(full["w"]))
+    with Checkpointer(tmp_path / "b" / "checkpoints") as ck:
+        _, _, meta = ck.restore(_mesh_init(8))
+    assert meta["meshes"] == [[0, "8 devices (data=8)"], [5, "4 devices (data=4)"],
+                              [10, "8 devices (data=8)"]]
+
+
+def test_checkpoint_without_a_mesh_record_resumes_on_its_device_count_only(tmp_path):
+    """Checkpoints written before the device count left the fingerprint carry the old formula:
+    they resume with the same `num_devices`, and another one is refused (a user error)."""
+    cfg = {"lr": 0.1, "num_devices": 8}
+    run_loop(_toy_step_jit, _toy_init(), 5, run_dir=str(tmp_path), checkpoint_every=5,
+             fingerprint=config_fingerprint(cfg), progress=False)
+    with pytest.raises(ConfigMismatchError, match="device count may differ, except"):
+        run_loop(_toy_step_jit, _toy_init(), 10, run_dir=str(tmp_path), resume=True,
+                 fingerprint=resume_fingerprints({**cfg, "num_devices": 4}), progress=False)
+    run_loop(_toy_step_jit, _toy_init(), 10, run_dir=str(tmp_path), resume=True,
+             fingerprint=resume_fingerprints(cfg), progress=False)
 
 
 def test_nan_stops_loop_and_keeps_last_good_checkpoint(tmp_path):

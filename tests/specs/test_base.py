@@ -36,6 +36,15 @@ def test_fill_derive_adjust_and_fingerprint(capsys, tmp_path):
     assert written["config"]["opt"]["name"] == "sgd" and written["resolved"] == list(res.notes)
 
 
+def test_resume_fingerprints_leave_out_the_device_count():
+    """A resume accepts the fingerprint without `num_devices` (what checkpoints record now) and
+    the config's own fingerprint (what older checkpoints carry)."""
+    eight, four = ({**_config().to_dict(), "num_devices": n} for n in (8, 4))
+    a, b = Resolver("demo", eight).resolution(), Resolver("demo", four).resolution()
+    assert a.resume_fingerprints[0] == b.resume_fingerprints[0]
+    assert a.resume_fingerprints[1] == a.fingerprint != b.fingerprint
+
+
 @pytest.mark.parametrize("check,value,words", [
     ("choice", "adamw", "'opt.name' = 'adamw' is not one of \\['adam', 'sgd'\\]"),
     ("integer", 2.5, "'opt.name' = 2.5 must be an integer"),

@@ -15,7 +15,9 @@ Fields of `Parameterisation`:
 * `plan(image_shape, num_classes) -> BudgetReport`: the budget arithmetic only; raises
   ValueError when no instance fits. `init` calls it first, so bad budgets fail before any work.
 * `init(key, real_by_class) -> (params, static)`; `real_by_class` is `[C, n_real, *spatial, Ch]`
-  float32 in normalised space (or a sequence of C arrays `[n_c, *spatial, Ch]`).
+  float32 in normalised space (or a sequence of C arrays `[n_c, *spatial, Ch]`, or a pool read
+  on demand: an object with that `shape` and `take_per_class(idx [C, k]) -> [C, k, *spatial,
+  Ch]`, e.g. `real_pool.NormalisedPool`, of which only the chosen images are read).
 * `decode(params, static, index=None) -> [B, *spatial, Ch]`; `index` is `[B]` int (any order,
   repeats allowed) or None for all N instances. Pure and jittable.
 * `labels(static, index=None) -> [B] int32` hard class labels (class-sorted for index=None).
@@ -30,6 +32,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiff.distill.budget import BudgetReport
 
@@ -54,8 +57,10 @@ class Parameterisation(NamedTuple):
 
 def real_images_shape(real_by_class: Any) -> tuple[int, tuple[int, ...], list[int]]:
     """(num_classes, image_shape, per-class counts) of `[C, n, *spatial, Ch]` or a list of
-    `[n_c, *spatial, Ch]` arrays; ValueError on ragged image shapes or too few axes."""
-    if isinstance(real_by_class, (list, tuple)):
+    `[n_c, *spatial, Ch]` arrays (or a pool read on demand, by its `shape`); ValueError on
+    ragged image shapes or too few axes."""
+    lazy = hasattr(real_by_class, "take_per_class")
+    if isinstance(real_by_class, (list, tuple)) and not lazy:
         shapes = {tuple(x.shape[1:]) for x in real_by_class}
         if len(real_by_class) == 0 or len(shapes) != 1:
             raise ValueError(
@@ -102,6 +107,11 @@ def select_real_images(key: jax.Array, real_by_class: Any, n_per_class: int, nam
                 f"class {c} has {n_c} real images, but {who}needs {n_per_class} distinct real "
                 f"images per class to initialise its instances"
             )
+    if hasattr(real_by_class, "take_per_class"):  # read on demand: only the chosen images
+        classes = jnp.arange(len(counts), dtype=jnp.uint32)
+        idx = jax.vmap(lambda c: _class_choice(key, c, counts[0], n_per_class))(classes)
+        picks = jnp.asarray(real_by_class.take_per_class(np.asarray(idx)))
+        return picks.reshape(-1, *picks.shape[2:]).astype(jnp.float32)
     if not isinstance(real_by_class, (list, tuple)):
         return _select_stacked(key, jnp.asarray(real_by_class), n_per_class)
     picks = [
