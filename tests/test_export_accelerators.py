@@ -350,8 +350,11 @@ def _experts_programs(tmp) -> dict[str, Program]:
         augment=dsa.per_sample_augment(spec.dsa_strategy), transform=d.transform)
     flat = jax.ShapeDtypeStruct((spec.parallel, trainer.num_params), jnp.float32)
     ids = jnp.arange(spec.parallel, dtype=jnp.int32)
+    rows = np.asarray(trainer.rows_of(ids)(0))                     # step 0's batch, as fed
     return {"experts/epoch": Program(trainer.epoch, (flat, ids, jnp.int32(0), d.train_x,
                                                      d.train_y)),
+            "experts/step": Program(trainer.step, (flat, ids, jnp.int32(0), d.train_x[rows],
+                                                   d.train_y[rows])),
             "experts/accuracy": Program(trainer.accuracy, (flat, d.test_x, d.test_y))}
 
 

@@ -38,7 +38,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxdiff import data as jdata
 from jaxdiff import distributed
-from jaxdiff.batching import epoch_batches, padded_batches
+from jaxdiff.batching import epoch_batches, num_batches, padded_batches
 from jaxdiff.files import atomic_save_npy, atomic_savez, atomic_write_json
 from jaxdiff.models.functional import apply_pool, init_pool, masked_cross_entropy
 
@@ -257,13 +257,21 @@ class ExpertTrainer(NamedTuple):
     init(expert_ids [N] int) -> flat [N, P]: initial parameters, expert i from
       `fold_in(init_key, i)`.
     epoch(flat [N, P], expert_ids [N], epoch int, images, labels) -> (flat [N, P], loss [N]):
-      one epoch of SGD for every expert (jitted; `epoch` is traced, so no recompiles).
+      one epoch of SGD for every expert in one program, the training split on the device
+      (jitted; `epoch` is traced, so no recompiles).
+    rows_of(expert_ids [N]) -> rows(t) -> [N, b] int32: the training rows of step t of the
+      experts (t = epoch * steps_per_epoch + s; jittable, for `feeding.HostBatches`).
+    step(flat, expert_ids, t, x [N, b, ...], y [N, b]) -> (flat, loss [N]): step t on its batch
+      `images[rows(t)]` read on the host; `steps_per_epoch` of them equal one `epoch`.
     accuracy(flat [N, P], images, labels) -> [N]: accuracy of every expert (jitted, batched).
     unravel: flat [P] -> nnx.State of parameters; num_params: P.
     """
 
     init: Callable
     epoch: Callable
+    rows_of: Callable
+    step: Callable
+    steps_per_epoch: int
     accuracy: Callable
     unravel: Callable
     num_params: int
@@ -321,26 +329,47 @@ def make_expert_trainer(
         per_expert = jax.vmap(masked_cross_entropy)(logits_pool(flat, x, 0), y, w)
         return jnp.sum(per_expert), per_expert
 
+    def epoch_keys(expert_ids, epoch_idx):  # [N] keys of the experts' epoch
+        return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(data_key, i),
+                                                     epoch_idx))(jnp.asarray(expert_ids))
+
+    def epoch_rows(expert_keys):  # [N, S, b] rows and padding weights of an epoch
+        return jax.vmap(lambda k: epoch_batches(jax.random.fold_in(k, 0), num_train,
+                                                batch_size))(expert_keys)
+
+    def sgd(flat, expert_keys, s, x, y, w):
+        x = transform(x)                                          # [N, b, H, W, C]
+        if augment is not None:
+            x = jax.vmap(lambda k, xx: augment(jax.random.fold_in(k, s + 1), xx))(expert_keys, x)
+        grads, losses = jax.grad(pool_loss, has_aux=True)(flat, x, y, w)
+        return flat - lr * grads, losses
+
     @jax.jit
     def epoch(flat, expert_ids, epoch_idx, images, labels):
-        expert_keys = jax.vmap(
-            lambda i: jax.random.fold_in(jax.random.fold_in(data_key, i), epoch_idx))(
-                jnp.asarray(expert_ids))
-        idx, w = jax.vmap(lambda k: epoch_batches(jax.random.fold_in(k, 0), num_train,
-                                                  batch_size))(expert_keys)   # [N, S, b]
-        steps = idx.shape[1]
-
-        def step(flat, s):
-            x = transform(images[idx[:, s]])                  # [N, b, H, W, C]
-            y = labels[idx[:, s]]
-            if augment is not None:
-                x = jax.vmap(lambda k, xx: augment(jax.random.fold_in(k, s + 1), xx))(
-                    expert_keys, x)
-            grads, losses = jax.grad(pool_loss, has_aux=True)(flat, x, y, w[:, s])
-            return flat - lr * grads, losses
-
-        flat, losses = jax.lax.scan(step, flat, jnp.arange(steps))
+        expert_keys = epoch_keys(expert_ids, epoch_idx)
+        idx, w = epoch_rows(expert_keys)
+        flat, losses = jax.lax.scan(
+            lambda f, s: sgd(f, expert_keys, s, images[idx[:, s]], labels[idx[:, s]], w[:, s]),
+            flat, jnp.arange(idx.shape[1]))
         return flat, jnp.mean(losses, axis=0)
+
+    steps_per_epoch, b = num_batches(num_train, batch_size)
+    # the padding weights depend on the step only (the last batch's tail), not on the draw
+    weights = epoch_batches(jax.random.key(0), num_train, batch_size)[1]     # [S, b]
+
+    def rows_of(expert_ids):
+        ids = jnp.asarray(expert_ids)
+
+        def rows(t):
+            e, s = t // steps_per_epoch, t % steps_per_epoch
+            return epoch_rows(epoch_keys(ids, e))[0][:, s]
+        return rows
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(flat, expert_ids, t, x, y):
+        e, s = t // steps_per_epoch, t % steps_per_epoch
+        w = jnp.broadcast_to(weights[s], y.shape)
+        return sgd(flat, epoch_keys(expert_ids, e), s, x, y, w)
 
     @jax.jit
     def accuracy(flat, images, labels):
@@ -354,7 +383,8 @@ def make_expert_trainer(
         _, correct = jax.lax.scan(count, None, (xs, ys))
         return jnp.sum(correct, axis=0) / images.shape[0]
 
-    return ExpertTrainer(init, epoch, accuracy, unravel, num_params)
+    return ExpertTrainer(init, epoch, rows_of, step, steps_per_epoch, accuracy, unravel,
+                         num_params)
 
 
 def param_layout(make_model: Callable[[nnx.Rngs], nnx.Module], key: jax.Array) -> dict[str, Any]:
@@ -371,17 +401,18 @@ def param_layout(make_model: Callable[[nnx.Rngs], nnx.Module], key: jax.Array) -
 
 
 class ExpertData(NamedTuple):
-    """The arrays experts train and are tested on, on device, in the space they train in.
+    """The arrays experts train and are tested on, on the host, in the space they train in.
 
-    Without ZCA the images stay uint8 (`[N, H, W, C]`) and `transform` normalises each gathered
-    batch; with ZCA (MTT `--zca`: [0, 1] pixels whitened with the train-set ZCA, dd-common.md §2)
-    they are float32 in ZCA space and `transform` is None.
+    Without ZCA the training images stay uint8 (`[N, H, W, C]`: a memory map of the data cache,
+    read a batch at a time) and `transform` normalises each batch on the device; with ZCA (MTT
+    `--zca`: [0, 1] pixels whitened with the train-set ZCA, dd-common.md §2) they are float32 in
+    ZCA space and `transform` is None.
     """
 
-    train_x: jax.Array
-    train_y: jax.Array
-    test_x: jax.Array
-    test_y: jax.Array
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
     zca: Any
     transform: Callable | None
 
@@ -392,9 +423,10 @@ def expert_data(train, test, *, zca: bool = False, zca_reg: float = 0.1) -> Expe
         z = jdata.fit_zca(train.images.astype(np.float32) / 255.0, reg=zca_reg)
         tx = jdata.zca_apply(z, jnp.asarray(train.images, jnp.float32) / 255.0)
         ex = jdata.zca_apply(z, jnp.asarray(test.images, jnp.float32) / 255.0)
-        return ExpertData(tx, jnp.asarray(train.labels), ex, jnp.asarray(test.labels), z, None)
+        return ExpertData(np.asarray(tx), np.asarray(train.labels, np.int32), np.asarray(ex),
+                          np.asarray(test.labels, np.int32), z, None)
     mean = jnp.asarray(train.info.mean, jnp.float32)
     std = jnp.asarray(train.info.std, jnp.float32)
     transform = functools.partial(jdata.normalize_with, mean=mean, std=std)
-    return ExpertData(jnp.asarray(train.images), jnp.asarray(train.labels),
-                      jnp.asarray(test.images), jnp.asarray(test.labels), None, transform)
+    return ExpertData(train.images, np.asarray(train.labels, np.int32), np.asarray(test.images),
+                      np.asarray(test.labels, np.int32), None, transform)

@@ -1,9 +1,11 @@
 """`jaxdiff experts`: train expert trajectories for trajectory matching (dd-common.md §8.1).
 
 The path (config -> `jaxdiff.specs.experts.resolve` -> here): train/test splits ->
-`distill.experts.expert_data` (uint8 on device, or ZCA space) -> `make_expert_trainer` (SGD lr
-0.01, no momentum or weight decay, batch 256, per-sample DSA; `parallel` experts vmapped in one
-compiled program, results independent of `parallel`) -> E + 1 parameter snapshots per expert in an
+`distill.experts.expert_data` (uint8, a memory map of the data cache, or ZCA space, on the host)
+-> `make_expert_trainer` (SGD lr 0.01, no momentum or weight decay, batch 256, per-sample DSA;
+`parallel` experts vmapped in one compiled step, results independent of `parallel`; each step's
+batch rows drawn from the experts' epoch keys and read on the host, each process only its own
+experts' rows, `feeding.HostBatches`) -> E + 1 parameter snapshots per expert in an
 `ExpertStore` at `buffer_dir`.
 
 Resuming (`--resume`): complete experts are kept; an expert in training restarts from its last
@@ -25,6 +27,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import SingleDeviceSharding
 from tqdm.auto import tqdm
 
 from jaxdiff import distributed
@@ -32,6 +35,7 @@ from jaxdiff import sharding as shd
 from jaxdiff.distill import augment as dsa
 from jaxdiff.distill.experts import ExpertStore, expert_data, make_expert_trainer, param_layout
 from jaxdiff.distributed import to_host
+from jaxdiff.feeding import HostBatches
 from jaxdiff.files import atomic_write_json
 from jaxdiff.metrics import MetricWriter, check_finite
 from jaxdiff.pipelines import common
@@ -53,7 +57,7 @@ def store_meta(spec: ExpertsSpec, info, layout) -> dict:
 def run(spec: ExpertsSpec) -> dict:
     """Train (or resume) the experts described by `spec`; returns the results dict."""
     timer = common.Timer()
-    train, test = spec.data.load("train"), spec.data.load("test")
+    train, test = spec.data.load("train", mmap=True), spec.data.load("test")
     info = train.info
     d = expert_data(train, test, zca=spec.zca, zca_reg=spec.zca_reg)
     make_model = spec.model.factory(info.image_shape, info.num_classes)
@@ -90,7 +94,7 @@ def run(spec: ExpertsSpec) -> dict:
     try:
         for g in range(0, len(todo), spec.parallel):
             ids = todo[g:g + spec.parallel]
-            per_expert.update(_train_group(trainer, store, ids, pool, writer, bar))
+            per_expert.update(_train_group(trainer, store, d, ids, pool, writer, bar))
             atomic_write_json(results_path, _results(info, store, per_expert, timer))
     finally:
         bar.close()
@@ -115,7 +119,7 @@ class _PoolPlacement:
     def __init__(self, d, mesh):
         self.mesh = mesh
         self.n = self.mesh.shape[shd.DATA_AXIS]
-        self.local, self._replicated = d, None
+        self.test, self._replicated_test = (d.test_x, d.test_y), None
 
     def describe(self, group: int) -> str:
         if self.n > 1 and group % self.n == 0:
@@ -123,24 +127,27 @@ class _PoolPlacement:
         return "on one device" + (" per process" if distributed.process_count() > 1 else "")
 
     def place(self, ids: list[int]):
-        """`(data, put)`: the expert data and a function placing `[len(ids), ...]` arrays."""
+        """`(put, batches, test)`: a function placing `[len(ids), ...]` arrays, the sharding of
+        a step's batch `[len(ids), b, ...]`, and the test split `(x, y)` where it is used."""
         if self.n == 1 or len(ids) % self.n:
-            return self.local, jnp.asarray
-        if self._replicated is None:
-            self._replicated = self.local._replace(**shd.replicate(
-                {k: v for k, v in self.local._asdict().items()
-                 if isinstance(v, (jax.Array, np.ndarray))}, self.mesh))
-        return self._replicated, lambda x: shd.shard_batch(np.asarray(x), self.mesh)
+            return jnp.asarray, SingleDeviceSharding(jax.local_devices()[0]), self.test
+        if self._replicated_test is None:
+            self._replicated_test = shd.replicate(self.test, self.mesh)
+        return (lambda x: shd.shard_batch(np.asarray(x), self.mesh),
+                shd.batch_sharding(self.mesh), self._replicated_test)
 
 
-def _train_group(trainer, store: ExpertStore, ids: list[int], pool: _PoolPlacement, writer,
+def _train_group(trainer, store: ExpertStore, d, ids: list[int], pool: _PoolPlacement, writer,
                  bar) -> dict:
     """Train experts `ids` together (vmapped; split over the devices when `pool` allows) from
-    scratch or from their last common snapshot, writing a snapshot per epoch; returns their
-    {id: {test_accuracy, final_train_loss}}."""
-    E = store.epochs
-    d, put = pool.place(ids)
+    scratch or from their last common snapshot, one step per batch (each process reads the
+    batch rows of its own experts, `feeding.HostBatches`), writing a snapshot per epoch;
+    returns their {id: {test_accuracy, final_train_loss}}."""
+    E, S = store.epochs, trainer.steps_per_epoch
+    put, target, (test_x, test_y) = pool.place(ids)
     ids_arr = put(np.asarray(ids, np.int32))
+    batches = HostBatches((d.train_x, d.train_y), trainer.rows_of(np.asarray(ids, np.int32)),
+                          (target, target))
     resume_at = [store.resume_epoch(i) for i in ids]
     if any(r is None for r in resume_at):
         e0 = 0
@@ -154,8 +161,11 @@ def _train_group(trainer, store: ExpertStore, ids: list[int], pool: _PoolPlaceme
     bar.update(e0 * len(ids))
     loss = None
     for e in range(e0, E):
-        flat, loss = trainer.epoch(flat, ids_arr, e, d.train_x, d.train_y)
-        host, loss = to_host((flat, loss))   # one host sync per epoch
+        total = 0.0
+        for t in range(e * S, (e + 1) * S):
+            flat, losses = trainer.step(flat, ids_arr, np.int32(t), *batches(t))
+            total = total + losses
+        host, loss = to_host((flat, total / S))   # one host sync per epoch
         step = ids[0] * E + e + 1
         check_finite(step, train_loss=loss)
         for j, i in enumerate(ids):
@@ -164,7 +174,7 @@ def _train_group(trainer, store: ExpertStore, ids: list[int], pool: _PoolPlaceme
                             "train_loss_mean": float(loss.mean()), "train_loss": loss.tolist()})
         bar.update(len(ids))
         bar.set_postfix(loss=f"{loss.mean():.4f}")
-    acc = to_host(trainer.accuracy(flat, d.test_x, d.test_y))
+    acc = to_host(trainer.accuracy(flat, test_x, test_y))
     out = {}
     for j, i in enumerate(ids):
         store.finalize(i)

@@ -127,3 +127,30 @@ def test_vmapped_pool_equals_one_by_one(key):
     assert float(jnp.abs(pool[0] - pool[1]).max()) > 1e-3   # experts differ from each other
     acc = tr.accuracy(pool, x, y)
     assert acc.shape == (3,) and float(acc.min()) >= 0 and float(acc.max()) <= 1
+
+
+def test_steps_on_fed_batches_equal_the_in_program_epoch(key):
+    """`steps_per_epoch` steps on the batches `rows_of` names (as `feeding.HostBatches` reads
+    them) train exactly what one `epoch` trains with the split on the device."""
+    from jaxdiff.distill.augment import augment as dsa
+    mk = functools.partial(models.ConvNet, in_channels=1, num_classes=3, image_size=8, depth=1,
+                           width=8)
+    x = np.asarray(jax.random.normal(key, (12, 8, 8, 1)))
+    y = np.arange(12, dtype=np.int32) % 3
+    ik, dk = jax.random.split(jax.random.fold_in(key, 1))
+    tr = E.make_expert_trainer(mk, init_key=ik, data_key=dk, num_train=12, lr=0.05, batch_size=5,
+                               augment=functools.partial(dsa, strategy="color_crop_cutout_flip"))
+    ids = jnp.array([4, 1])
+    by_epoch = by_step = tr.init(ids)
+    rows = jax.jit(tr.rows_of(ids))
+    assert tr.steps_per_epoch == 3
+    for e in range(2):
+        by_epoch, loss = tr.epoch(by_epoch, ids, e, x, y)
+        losses = []
+        for t in range(e * 3, e * 3 + 3):
+            r = np.asarray(rows(t))                                   # [2 experts, 5]
+            assert r.shape == (2, 5)
+            by_step, l_t = tr.step(by_step, ids, jnp.int32(t), x[r], y[r])
+            losses.append(l_t)
+        np.testing.assert_allclose(by_step, by_epoch, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(np.mean(losses, axis=0), loss, rtol=1e-6)

@@ -39,24 +39,21 @@ def test_pipeline_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     assert full["num_experts_complete"] == 8
 
     real = P.make_expert_trainer
-    calls = {"n": 0}
 
     def crashing(*a, **k):
         tr = real(*a, **k)
 
-        def epoch(*args):
-            calls["n"] += 1
-            if calls["n"] == 3:
+        def step(flat, ids, t, *batch):
+            if int(t) == 2 * tr.steps_per_epoch:     # the first step of epoch 3
                 raise KeyboardInterrupt("simulated crash in epoch 3")
-            return tr.epoch(*args)
+            return tr.step(flat, ids, t, *batch)
 
-        return tr._replace(epoch=epoch)
+        return tr._replace(step=step)
 
     def run(d, n, resume):
         if resume:
             _run(_config(d, num_devices=n, resume=True, **group))
             return
-        calls["n"] = 0
         with monkeypatch.context() as m:
             m.setattr(P, "make_expert_trainer", crashing)
             with pytest.raises(KeyboardInterrupt):
