@@ -17,10 +17,11 @@ network is unavailable or meaningless, so jaxdiff reports, on the features of th
 Network: `jaxdiff.models.ConvNet` (depth by image size, instance norm) whose output layer maps
 to a `feature_dim` embedding, then ReLU (the features), then a linear classifier. Trained with
 Adam on the training split, images in the diffusion model space `uint8 / 127.5 - 1`, no
-augmentation; its test accuracy is recorded. Training is data-parallel: each step's batch is split
-over all devices of all processes when their count divides it (else over as many as do, the same
-number per process; `train_quality_net`), with the same random stream as on one device: the
-network depends on the device count only through float reduction order.
+augmentation; its test accuracy is recorded. Training is data-parallel: each step's batch is read
+on the host, each process only its devices' rows, and split over all devices of all processes
+when their count divides it (else over as many as do, the same number per process;
+`train_quality_net`), with the same random stream as on one device: the network depends on the
+device count only through float reduction order.
 
 Caching. Training happens once per spec: the parameters are stored with Orbax under
 `$JAXDIFF_CACHE_DIR/quality_net/<dataset>-<size>px-s<seed>-<hash>/` (hash of the whole spec),
@@ -67,6 +68,7 @@ from jaxdiff.data.cache import cache_dir
 from jaxdiff.data.transforms import to_model_space
 from jaxdiff.diffusion.quality import frechet_distance_from_features
 from jaxdiff.distributed import to_host
+from jaxdiff.feeding import HostBatches
 from jaxdiff.files import atomic_write_json, fingerprint
 from jaxdiff.models.convnet import convnet_depth_for
 from jaxdiff.models.quality_classifier import QualityClassifier
@@ -193,11 +195,13 @@ def _training_mesh(batch: int, num_devices: int | None) -> jax.sharding.Mesh:
 
 def train_quality_net(spec: QualityNetSpec, *, progress: bool = False,
                       num_devices: int | None = None) -> QualityNet:
-    """Train a quality network from scratch (no cache); one jitted `lax.scan` over all steps.
+    """Train a quality network from scratch (no cache); one jitted Adam step per batch.
 
     Data-parallel over the devices of `_training_mesh` (all, when their count divides the
-    batch; `num_devices` to choose): the uint8 training set and the parameters are replicated,
-    each step's batch is split over the devices and XLA averages the gradients. The key use is
+    batch; `num_devices` to choose): the parameters are replicated, each step's batch is drawn
+    from the data key, read on the host (each process only its devices' rows: `feeding.
+    HostBatches`, from a memory map of the data cache) and split over the devices, and XLA
+    averages the gradients. The key use is
     the same on any mesh, so the result depends on the devices only through float reduction
     order. The returned network's arrays are on this process's default device, as those of a
     network loaded from the cache.
@@ -205,7 +209,7 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False,
     if spec.epochs < 1 or spec.batch_size < 1:
         raise ValueError(f"quality net epochs and batch_size must be >= 1, got {spec}")
     kw = dict(data_dir=spec.data_dir or None, image_size=spec.image_size or None)
-    train = jdata.load(spec.dataset, "train", **kw)
+    train = jdata.load(spec.dataset, "train", mmap=True, **kw)
     test = jdata.load(spec.dataset, "test", **kw)
     info = train.info
     key = jax.random.key(spec.seed)
@@ -224,28 +228,26 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False,
         logits = nnx.merge(graphdef, p, rest, copy=True)(x)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
-    def fit(params, rest, k_data, x_all, y_all):
-        def step(carry, t):
-            params, opt = carry
-            e, s = t // steps_per_epoch, t % steps_per_epoch
-            idx = epoch_batches(jax.random.fold_in(k_data, e), n, batch,
-                                drop_remainder=True)[0][s]
-            # each device gathers and converts only its slice of the batch (uint8 on device: a
-            # quarter of float32's memory); the mean loss makes XLA average the gradients
-            x = to_model_space(jax.lax.with_sharding_constraint(x_all[idx], split))
-            y = jax.lax.with_sharding_constraint(y_all[idx], split)
-            loss, g = jax.value_and_grad(loss_fn)(params, rest, x, y)
-            upd, opt = tx.update(g, opt, params)
-            return (optax.apply_updates(params, upd), opt), loss
+    def rows(t):  # the training rows of step t (read on the host, each process its devices')
+        e, s = t // steps_per_epoch, t % steps_per_epoch
+        return epoch_batches(jax.random.fold_in(k_data, e), n, batch, drop_remainder=True)[0][s]
 
-        (params, _), losses = jax.lax.scan(step, (params, tx.init(params)), jnp.arange(total))
-        return params, losses
+    def step(params, opt, rest, x, y):
+        # uint8 batches (a quarter of float32's bytes) go to model space on the devices; the
+        # mean loss over the split batch makes XLA average the gradients
+        loss, g = jax.value_and_grad(loss_fn)(params, rest, to_model_space(x), y)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt, loss
 
-    # every input is an argument placed on the mesh (none captured from one process's device)
-    args = sharding.replicate((params, rest, k_data, train.images,
-                               np.asarray(train.labels, np.int32)), mesh)
-    params, losses = jax.jit(fit, out_shardings=sharding.replicated(mesh))(*args)
-    params, losses = to_host((params, losses))
+    batches = HostBatches((train.images, np.asarray(train.labels, np.int32)), rows, (split,) * 2)
+    # every other input is an argument placed on the mesh (none captured from one device)
+    params, opt, rest_m = sharding.replicate((params, tx.init(params), rest), mesh)
+    fit = jax.jit(step, donate_argnums=(0, 1), out_shardings=sharding.replicated(mesh))
+    losses = []
+    for t in range(total):
+        params, opt, loss = fit(params, opt, rest_m, *batches(t))
+        losses.append(loss)
+    params, losses = to_host((params, losses[-1:]))
     net = QualityNet(graphdef, jax.tree.map(jnp.asarray, params), rest, spec, info.num_classes,
                      0.0)
     acc = float(np.mean(predict(net, to_model_space(test.images)).argmax(-1) == test.labels))

@@ -34,12 +34,13 @@ from jaxdiff import distributed, sharding
 from jaxdiff.checkpoint import config_fingerprint
 from jaxdiff.distill import augment as dsa
 from jaxdiff.distill.evaluate import train_and_test
+from jaxdiff.feeding import HostBatches
 from jaxdiff.files import atomic_savez, atomic_write_json, atomic_write_text
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines.loop import run_loop
 from jaxdiff.select import methods as M
 from jaxdiff.select.pretrain import (extract_features, init_pretrain_state, make_pretrain_step,
-                                     pretrain_optimizer)
+                                     pretrain_optimizer, pretrain_rows)
 from jaxdiff.select.report import results_table, summarise
 from jaxdiff.specs.select import SelectSpec
 
@@ -74,14 +75,17 @@ def pretrain(spec: SelectSpec, train_x, train_y, seed: int):
                                           seed, tx, p.epochs, n)
     state = sharding.replicate(state, mesh)
     step = make_pretrain_step(graphdef, tx, n, batch, steps_per_epoch, mesh)
-    arrays = sharding.replicate((train_x, np.asarray(train_y, np.int32),
-                                 np.asarray(info.mean, np.float32),
-                                 np.asarray(info.std, np.float32)), mesh)
+    # each step's images, labels and pool rows, read on the host: each process its devices'
+    split = sharding.batch_sharding(mesh)
+    batches = HostBatches((train_x, np.asarray(train_y, np.int32), np.arange(n, dtype=np.int32)),
+                          pretrain_rows(state, n, batch, steps_per_epoch), (split,) * 3)
+    stats = sharding.replicate((np.asarray(info.mean, np.float32),
+                                np.asarray(info.std, np.float32)), mesh)
     counted = {"steps": 0}
 
     def step_fn(s, i):
         counted["steps"] += 1
-        return step(s, i, *arrays)
+        return step(s, i, *batches(i), *stats)
 
     num_steps = steps_per_epoch * p.epochs
     state, _ = run_loop(step_fn, state, num_steps, run_dir=cache_dir,
@@ -124,7 +128,7 @@ def selection_name(method, fraction, seed):
 def run(spec: SelectSpec) -> dict:
     """Run the selection table described by `spec`; returns (and saves) the results dict."""
     timer = common.Timer()
-    train, test = spec.data.load("train"), spec.data.load("test")
+    train, test = spec.data.load("train", mmap=True), spec.data.load("test")
     info = spec.data.info
     train_x, train_y = train.images[spec.pool], train.labels[spec.pool].astype(np.int32)
     size = spec.eval.test_size or None

@@ -3,8 +3,9 @@
 LCMat-S and the baselines select from the features of a classifier trained on the whole
 un-augmented training split: SGD with momentum (optionally Nesterov) and coupled weight decay at
 a constant learning rate, a fresh permutation every epoch (the partial last batch masked,
-`jaxdiff.batching`). `make_pretrain_step` is one jitted step whose batch and randomness are a
-function of the step index only, so a driver can checkpoint and resume it exactly; its state
+`jaxdiff.batching`). `make_pretrain_step` is one jitted step whose batch (`pretrain_rows`, read
+on the host) and randomness are a function of the step index only, so a driver can checkpoint
+and resume it exactly; its state
 also records, for every epoch, whether each sample was classified correctly when presented
 (`correct [E, N]`), the events `forgetting` counts.
 """
@@ -46,28 +47,40 @@ def init_pretrain_state(make_model: Callable, seed: int, tx, num_epochs: int, n:
     return graphdef, state
 
 
+def pretrain_rows(state: dict, n: int, batch: int, steps_per_epoch: int):
+    """`rows(step) -> [batch]` int32: the pool rows of step `step` of `make_pretrain_step`,
+    batch `step % steps_per_epoch` of `epoch_batches(fold_in(key, epoch), n, batch)` (the
+    padding of the last batch repeats row 0); for `feeding.HostBatches`."""
+    key = jax.random.wrap_key_data(jnp.asarray(to_host(state["key"])))
+
+    def rows(step):
+        epoch, s = step // steps_per_epoch, step % steps_per_epoch
+        return epoch_batches(jax.random.fold_in(key, epoch), n, batch)[0][s]
+    return rows
+
+
 def make_pretrain_step(graphdef, tx, n: int, batch: int, steps_per_epoch: int,
                        mesh: jax.sharding.Mesh | None = None):
-    """Jitted `(state, step, images_u8 [N, H, W, C], labels [N], mean, std) -> (state, metrics)`.
+    """Jitted `(state, step, images_u8 [b, H, W, C], labels [b], rows [b], mean, std) ->
+    (state, metrics)`: step `step` on its batch, the pool rows `rows = pretrain_rows(...)(step)`
+    and their images and labels (read on the host, `feeding.HostBatches`).
 
-    Step s trains on batch `s % steps_per_epoch` of epoch `s // steps_per_epoch`'s batches
-    `epoch_batches(fold_in(key, epoch), n, batch)`; the padding of the last batch has weight 0
-    and is left out of `correct`. With a `mesh` (its size dividing `batch`), each batch is
-    split over its devices (data parallel; the state and the pool replicated on it): the same
-    step, BatchNorm statistics over the whole batch.
+    The padding of the last batch of an epoch has weight 0 and is left out of `correct`. With a
+    `mesh` (its size dividing `batch`), the batch is split over its devices (data parallel; the
+    state replicated on it): the same step, BatchNorm statistics over the whole batch.
     """
     split = None if mesh is None else batch_sharding(mesh)
+    # the padding weights depend on the step only (the last batch's tail), not on the draw
+    weights = epoch_batches(jax.random.key(0), n, batch)[1]                # [S, b]
 
-    def step(state, step_idx, images, labels, mean, std):
+    def step(state, step_idx, images, labels, idx, mean, std):
         epoch = step_idx // steps_per_epoch
-        s = step_idx % steps_per_epoch
-        ekey = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), epoch)
-        idx_all, w_all = epoch_batches(ekey, n, batch)
-        idx, w = idx_all[s], w_all[s]
+        w = weights[step_idx % steps_per_epoch]
         if split is not None:
-            idx, w = (jax.lax.with_sharding_constraint(a, split) for a in (idx, w))
-        x = normalize_with(images[idx], mean, std)
-        y = labels[idx]
+            images, labels, idx, w = (jax.lax.with_sharding_constraint(a, split)
+                                      for a in (images, labels, idx, w))
+        x = normalize_with(images, mean, std)
+        y = labels
 
         def loss_fn(params):
             logits, (_, rest) = apply(graphdef, (params, state["rest"]), x)

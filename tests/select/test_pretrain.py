@@ -12,7 +12,8 @@ import optax
 from jaxdiff import models
 from jaxdiff.batching import epoch_batches
 from jaxdiff.models.functional import apply, masked_cross_entropy
-from jaxdiff.select.pretrain import init_pretrain_state, make_pretrain_step, pretrain_optimizer
+from jaxdiff.select.pretrain import (init_pretrain_state, make_pretrain_step, pretrain_optimizer,
+                                     pretrain_rows)
 
 
 def test_one_epoch_equals_plain_masked_sgd():
@@ -28,9 +29,12 @@ def test_one_epoch_equals_plain_masked_sgd():
     # the step donates its state: keep copies for the reference
     params, rest = jax.tree.map(jnp.copy, (state["params"], state["rest"]))
     idx, w = epoch_batches(jax.random.fold_in(jax.random.wrap_key_data(state["key"]), 0), 10, 4)
+    rows = pretrain_rows(state, 10, 4, 3)
     hits = np.full(10, -1)
     for s in range(3):
-        state, m = step(state, np.int32(s), jnp.asarray(images), labels, mean, std)
+        r = np.asarray(rows(s))
+        np.testing.assert_array_equal(r, idx[s])        # the documented batch
+        state, m = step(state, np.int32(s), images[r], labels[r], jnp.asarray(r), mean, std)
 
         def loss(p):
             return masked_cross_entropy(apply(graphdef, (p, rest), x[idx[s]])[0], labels[idx[s]],
