@@ -67,7 +67,7 @@ from jaxdiff.pipelines import distill as distill_pipeline
 from jaxdiff.pipelines.experts import store_meta
 from jaxdiff.select import methods as M
 from jaxdiff.select.pretrain import (extract_features, init_pretrain_state, make_pretrain_step,
-                                     pretrain_optimizer)
+                                     pretrain_optimizer, pretrain_rows)
 from jaxdiff.specs import distill as distill_spec
 from jaxdiff.specs import experts as experts_spec
 from jaxdiff.specs import select as select_spec
@@ -396,8 +396,10 @@ def _select_programs(tmp) -> dict[str, Program]:
     steps_per_epoch = -(-n // min(p.batch_size, n))
     step = make_pretrain_step(graphdef, tx, n, min(p.batch_size, n), steps_per_epoch)
     mean, std = jnp.asarray(info.mean, jnp.float32), jnp.asarray(info.std, jnp.float32)
-    out = {"select/pretrain_step": Program(step, (state, jnp.int32(0), jnp.asarray(x),
-                                                  jnp.asarray(y), mean, std))}
+    rows = np.asarray(pretrain_rows(state, n, min(p.batch_size, n), steps_per_epoch)(0))
+    out = {"select/pretrain_step": Program(step, (state, jnp.int32(0), jnp.asarray(x[rows]),
+                                                  jnp.asarray(y[rows]), jnp.asarray(rows),
+                                                  mean, std))}
     with capture_programs() as calls:
         extract_features(graphdef, state["params"], state["rest"], x[:16], info.mean, info.std,
                          batch_size=8)
@@ -518,12 +520,12 @@ def _sampler_programs(tmp) -> dict[str, Program]:
 
 
 def _quality_net_programs(tmp) -> dict[str, Program]:
-    """The quality net's training loop (one jitted `lax.scan`, `train_quality_net`)."""
+    """The quality net's training step and its batch rows (`train_quality_net`)."""
     spec = QN.QualityNetSpec("digits", image_size=8, width=8, feature_dim=16, epochs=1,
                              batch_size=32)
     with capture_programs() as calls:
         QN.train_quality_net(spec)
-    return _named(calls, {"fit": "quality_net/fit"})
+    return _named(calls, {"step": "quality_net/step", "rows": "quality_net/batch_rows"})
 
 
 BUILDERS = {
@@ -539,7 +541,7 @@ CASES = (
      for param in ("pixel", "fred", "ddif")]
     + ["distill/lcmat/pixel", "distill/tm-unroll/pixel", "distill/tm-tesla/pixel",
        "distill/dm/pixel/8-devices",
-       "experts/epoch", "experts/accuracy", "evaluate/protocol",
+       "experts/epoch", "experts/step", "experts/accuracy", "evaluate/protocol",
        "select/pretrain_step", "select/features"]
     + [f"select/run_classes/{m}" for m in M.METHODS]
     + ["train_denoiser/loop_step", "train_denoiser/loop_step/conditional",
@@ -547,7 +549,7 @@ CASES = (
     + [f"sample/plain/{s}" for s in SOLVER_HPARAMS]
     + ["sample/diffrs/warmup", "sample/diffrs/run", "sample/lidar/lookahead",
        "sample/lidar/guided", "sample/gradient", "sample/best_of_n", "sample/svdd", "sample/fk",
-       "quality_net/fit"]
+       "quality_net/step", "quality_net/batch_rows"]
 )
 
 

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from jaxdiff.batching import epoch_batches, padded_batches
