@@ -87,6 +87,19 @@ def set_values(config: ml_collections.ConfigDict, **values) -> ml_collections.Co
     return config
 
 
+_BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
+             "false": False, "no": False, "off": False, "0": False}
+
+
+def parse_bool(dotted: str, text: str) -> bool:
+    """The boolean a user typed for key `dotted`: true/false, yes/no, on/off or 1/0, any case."""
+    value = _BOOLEANS.get(str(text).strip().lower())
+    if value is None:
+        raise TypeError(f"config key {dotted!r} expects a boolean (true/false, yes/no, on/off or "
+                        f"1/0, any case), got {text!r}")
+    return value
+
+
 def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
     """Set `config.<dotted> = literal(text)`, keeping the field's type; clear errors otherwise."""
     parts = dotted.split(".")
@@ -99,14 +112,15 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
             node = node[part]
     leaf = parts[-1]
     old = node[leaf]
+    if isinstance(old, bool):
+        node[leaf] = parse_bool(dotted, text)
+        return
     value = _parse_value(text)
     if isinstance(old, str) and not isinstance(value, str):
         value = text  # e.g. --config.data.name=123 where a string is expected
     if old is None or isinstance(old, ml_collections.ConfigDict):
         node[leaf] = value
         return
-    if isinstance(old, bool) and not isinstance(value, bool):
-        raise TypeError(f"config key {dotted!r} expects true/false (True/False), got {text!r}")
     if isinstance(old, (tuple, list)) and not isinstance(value, (tuple, list)):
         value = (value,)
     try:

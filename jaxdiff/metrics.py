@@ -15,6 +15,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxdiff.files import atomic_write_text
+
 
 def _to_python(v: Any):
     if isinstance(v, (jax.Array, np.ndarray, np.generic)):
@@ -56,6 +58,15 @@ class MetricWriter:
             for k, v in row.items():
                 if k not in ("step", "time") and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
+
+    def drop_after(self, step: int) -> int:
+        """Remove the rows of steps after `step` (a resume from the checkpoint at `step` logs
+        them again); returns how many were removed. The file is replaced atomically."""
+        rows = read_metrics(self.run_dir)
+        keep = [r for r in rows if r.get("step", 0) <= step]
+        if self.active and len(keep) < len(rows):
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        return len(rows) - len(keep)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -21,6 +21,24 @@ def test_override_types_and_unknown_key():
         apply_override(c, "progress", "3")
 
 
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("True", True), ("TRUE", True), ("yes", True), ("on", True), ("1", True),
+    ("false", False), ("False", False), ("No", False), ("off", False), ("0", False),
+    (" false ", False)])
+def test_booleans_in_the_forms_users_type(text, value):
+    c = load_config("evaluate_digits")
+    c.progress = not value
+    apply_override(c, "progress", text)
+    assert c.progress is value
+
+
+@pytest.mark.parametrize("text", ["3", "maybe", "", "tru"])
+def test_a_non_boolean_names_the_key_and_the_forms(text):
+    c = load_config("evaluate_digits")
+    with pytest.raises(TypeError, match=r"'progress' expects a boolean \(true/false, yes/no"):
+        apply_override(c, "progress", text)
+
+
 def test_parse_overrides_and_unknown_preset():
     name, ov, rest = parse_overrides(["evaluate", "--config", "x", "--config.a.b=1", "--config.c", "2", "--resume"])
     assert name == "x" and ov == [("a.b", "1"), ("c", "2")] and rest == ["evaluate", "--resume"]

@@ -89,7 +89,10 @@ def run_loop(
         meshes = meta.get("meshes") or [[0, meta["mesh"]]]
         if meshes[-1][1] != mesh:
             meshes.append([start, mesh])
-        print(f"[{desc}] resumed from {ckpt.directory}/{start}", flush=True)
+        dropped = writer.drop_after(start)  # logged after the checkpoint: they run again
+        print(f"[{desc}] resumed from {ckpt.directory}/{start}"
+              + (f" ({dropped} metric rows after step {start} dropped)" if dropped else ""),
+              flush=True)
         if meta["mesh"] not in (None, mesh):
             print(f"[{desc}] checkpoint written on a mesh of {meta['mesh']}; this run has "
                   f"{mesh}: the state is placed on this run's mesh. Steps before {start} ran "

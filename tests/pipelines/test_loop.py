@@ -11,6 +11,7 @@ import pytest
 from jaxdiff import sharding
 from jaxdiff.checkpoint import (Checkpointer, ConfigMismatchError, config_fingerprint,
                                 resume_fingerprints)
+from jaxdiff.metrics import read_metrics
 from jaxdiff.pipelines.loop import run_loop
 
 
@@ -50,6 +51,28 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     # Starting again without --resume must not silently overwrite the run.
     with pytest.raises(FileExistsError, match="--resume"):
         run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "b"), fingerprint=config_fingerprint(cfg), progress=False)
+
+
+def test_resume_drops_the_metric_rows_it_redoes(tmp_path):
+    """A crash after the checkpoint at step 10 but after logging steps 11-12: the resumed run
+    logs 11-20 once, and metrics.jsonl equals the uninterrupted run's (up to wall times)."""
+    fp, kw = config_fingerprint({"lr": 0.1}), dict(checkpoint_every=5, log_every=1,
+                                                    progress=False)
+    run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "a"), fingerprint=fp, **kw)
+
+    def crashing(state, step):
+        if int(step) == 12:
+            raise KeyboardInterrupt("simulated crash")
+        return _toy_step_jit(state, step)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(crashing, _toy_init(), 20, run_dir=str(tmp_path / "b"), fingerprint=fp, **kw)
+    assert [r["step"] for r in read_metrics(tmp_path / "b")] == list(range(1, 13))
+    run_loop(_toy_step_jit, _toy_init(), 20, run_dir=str(tmp_path / "b"), fingerprint=fp,
+             resume=True, **kw)
+    a, b = ([{k: v for k, v in r.items() if k != "time"} for r in read_metrics(tmp_path / d)]
+            for d in "ab")
+    assert b == a and [r["step"] for r in b] == list(range(1, 21))
 
 
 def test_resume_refuses_other_config(tmp_path):
