@@ -42,7 +42,8 @@ def _tmp_name(path: str, suffix: str = "") -> str:
     return f"{path}.tmp{os.getpid()}{suffix}"
 
 
-def _json_default(o):
+def json_default(o):
+    """`json.dumps(default=...)` for arrays and NumPy scalars: lists and numbers."""
     return np.asarray(o).tolist()
 
 
@@ -61,7 +62,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> str:
 def atomic_write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = False) -> str:
     """Write `obj` as indented JSON atomically (arrays and NumPy scalars become lists/numbers)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys,
-                                              default=_json_default))
+                                              default=json_default))
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, *, fsync: bool = True) -> str:

@@ -152,7 +152,8 @@ def run(spec: DistillSpec) -> dict:
     """Distil, write the set and its images, evaluate; returns (and saves) the results dict."""
     timer = common.Timer()
     train = spec.data.load("train", mmap=True)  # each step reads only its real batches' rows
-    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
+                                  resume=spec.run.resume)
     resuming = spec.run.resume and _has_checkpoint(run_dir)
     b = build(spec, train, skip_warmup=resuming)
     static = _frozen_arrays(run_dir, b.static, resuming)

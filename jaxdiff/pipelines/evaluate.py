@@ -55,7 +55,8 @@ def run(spec: EvaluateSpec) -> dict:
     train, test = spec.data.load("train"), spec.data.load("test")
     info = train.info
     labelled = training_set(spec, train)
-    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
+                                  resume=spec.run.resume)
     if spec.source != "synthetic":
         save_synset(run_dir, labelled)
     t = spec.train

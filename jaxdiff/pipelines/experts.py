@@ -63,12 +63,11 @@ def run(spec: ExpertsSpec) -> dict:
     make_model = spec.model.factory(info.image_shape, info.num_classes)
     init_key, data_key = jax.random.split(jax.random.key(spec.run.seed))
     layout = param_layout(make_model, init_key)
-    run_dir = common.make_run_dir(spec.run.run_dir)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution, resume=spec.run.resume)
     store = ExpertStore.create(run_dir, num_params=sum(int(np.prod(s)) for s in
                                                        layout["param_shapes"]),
                                epochs=spec.epochs, meta=store_meta(spec, info, layout),
                                exist_ok=spec.run.resume)
-    common.open_run_dir(run_dir, spec.resolution)
     if d.zca is not None:
         store.save_zca(d.zca)
     trainer = make_expert_trainer(

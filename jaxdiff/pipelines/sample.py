@@ -159,7 +159,8 @@ def run(spec: SampleSpec) -> dict:
     timer = common.Timer()
     result = generate(spec)
     src, x, labels = result["source"], result["samples"], result["labels"]
-    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
+                                  resume=spec.run.resume)
     print(f"[jaxdiff sample] {len(x)} samples from {src.description}; solver {result['solver']} "
           f"{spec.solver.steps} steps, NFE {result['nfe']} per sample; "
           f"{result['seconds']:.1f} s on {common.describe_devices()} (mesh {result['mesh_size']})",

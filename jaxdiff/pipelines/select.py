@@ -133,7 +133,8 @@ def run(spec: SelectSpec) -> dict:
     train_x, train_y = train.images[spec.pool], train.labels[spec.pool].astype(np.int32)
     size = spec.eval.test_size or None
     test_xn = np.asarray(jdata.normalize(test.images[:size], info))
-    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
+                                  resume=spec.run.resume)
     os.makedirs(os.path.join(run_dir, "selections"), exist_ok=True)
     results_path = os.path.join(run_dir, "results.json")
     rows = []

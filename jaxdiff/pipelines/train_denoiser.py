@@ -65,7 +65,8 @@ def run(spec: TrainDenoiserSpec) -> dict:
     mesh, ndev = common.data_mesh_checked(spec.run.num_devices, train__batch_size=t.batch_size)
     train = spec.data.load("train", mmap=True)
     info = train.info
-    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
+                                  resume=spec.run.resume)
     k_init, k_loop, k_grid = jax.random.split(jax.random.key(spec.run.seed), 3)
     tx = denoiser_optimizer(t.lr, t.warmup_steps, t.grad_clip)
     graphdef, tstate = init_train_state(build_denoiser(spec.net, nnx.Rngs(k_init)), tx)

@@ -123,7 +123,8 @@ def run(spec: TrainDiscriminatorSpec) -> dict:
     den_model = load_model(spec.model_dir)
     real_ds = jdata.load(spec.dataset, "train", data_dir=spec.data_dir or None,
                          image_size=spec.image_size or None, mmap=True)
-    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
+                                  resume=spec.run.resume)
     k_fake, k_init, k_loop, k_eval, _ = jax.random.split(jax.random.key(spec.run.seed), 5)
     fake, fake_labels = _fake_data(spec, run_dir, den_model, k_fake, mesh)
     tx = D.default_optimizer(spec.train.lr, spec.train.weight_decay)

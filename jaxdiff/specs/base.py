@@ -27,7 +27,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from jaxdiff.checkpoint import RUN_CONTROL_KEYS, config_fingerprint, resume_fingerprints
+from jaxdiff.checkpoint import MESH_KEYS, RUN_CONTROL_KEYS, config_fingerprint, resume_fingerprints
 from jaxdiff.errors import UserError
 from jaxdiff.files import atomic_write_json
 
@@ -48,6 +48,11 @@ class Resolution:
       resume_fingerprints: `checkpoint.resume_fingerprints(config, ignore)`: what a checkpoint
         must carry to resume (the first leaves out the device count, so a resume may change it;
         the second is `fingerprint`, which checkpoints older than that rule carry).
+      resume_safe: the (dotted) keys, and everything under them, that a `--resume` may change:
+        `ignore`, the device count (`checkpoint.MESH_KEYS`) and the command's own (e.g. select's
+        methods, to extend a table). Any other change is refused (`pipelines.common`).
+      resumable: whether the command continues a run (`--resume`); a command that does not
+        (evaluate, sample) may write into its own earlier run directory again.
     """
 
     command: str
@@ -55,6 +60,8 @@ class Resolution:
     config: dict
     fingerprint: str
     resume_fingerprints: tuple[str, ...]
+    resume_safe: tuple[str, ...] = ()
+    resumable: bool = True
 
 
 def _to_dict(config) -> dict:
@@ -123,11 +130,14 @@ class Resolver:
     def note(self, text: str) -> None:
         self._notes.append(text)
 
-    def resolution(self, ignore: tuple[str, ...] = RUN_CONTROL_KEYS) -> Resolution:
-        """The notes so far, the resolved config and its fingerprint (leaving out `ignore`)."""
+    def resolution(self, ignore: tuple[str, ...] = RUN_CONTROL_KEYS, *,
+                   resume_safe: tuple[str, ...] = (), resumable: bool = True) -> Resolution:
+        """The notes so far, the resolved config and its fingerprint (leaving out `ignore`);
+        `resume_safe`: further keys a `--resume` may change; `resumable`: see `Resolution`."""
         return Resolution(self.command, tuple(self._notes), copy.deepcopy(self._config),
                           config_fingerprint(self._config, ignore),
-                          resume_fingerprints(self._config, ignore))
+                          resume_fingerprints(self._config, ignore),
+                          tuple(ignore) + MESH_KEYS + tuple(resume_safe), resumable)
 
     @property
     def resolved_config(self) -> dict:

@@ -76,7 +76,7 @@ def resolve(config) -> EvaluateSpec:
                          r.flag("train.use_saved_lr"))
     return EvaluateSpec(data, source, ipc, synthetic_path,
                         classifier_spec(r, "model", data.info.image_shape), train,
-                        run_spec(r, loop=False), r.resolution())
+                        run_spec(r, loop=False), r.resolution(resumable=False))
 
 
 def _check_synset_path(path: str) -> None:

@@ -108,7 +108,8 @@ def resolve(config) -> SampleSpec:
     return SampleSpec(source, model_dir, model_spec, r.flag("use_ema"), r.get("data_dir", ""),
                       gmm, solver, r.integer("num_samples", minimum=1), batch_size,
                       _labels(r, num_classes), num_classes, guidance, quality,
-                      r.integer("grid_max", minimum=0), run_spec(r, loop=False), r.resolution())
+                      r.integer("grid_max", minimum=0), run_spec(r, loop=False),
+                      r.resolution(resumable=False))
 
 
 def _gmm(r: Resolver) -> GMMSpec:

@@ -23,6 +23,9 @@ from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, as_tuple, c
 
 # A method's data inputs (`select.methods`): computed by the pipeline, never options.
 INPUT_NAMES = ("embeddings", "logits", "correct")
+# A table's rows are keyed by (method, fraction, seed): `--resume` may add or drop methods,
+# fractions and seeds (finished rows are kept, new ones computed); any other change is refused.
+SELECT_RESUME_SAFE = ("select.methods", "select.fractions", "seeds", "pretrain.cache_dir")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +109,8 @@ def resolve(config) -> SelectSpec:
     shape = data.info.image_shape
     return SelectSpec(data, r.section("data"), methods, fractions, tuple(seeds), options,
                       per_class, pool, budgets, _pretrain(r, shape), _eval(r, data),
-                      run_spec(r, loop=False), r.resolution())
+                      run_spec(r, loop=False),
+                      r.resolution(resume_safe=SELECT_RESUME_SAFE))
 
 
 def candidate_pool(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
