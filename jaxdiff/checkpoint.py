@@ -25,6 +25,7 @@ another one can say so (`pipelines.loop.run_loop`).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -131,6 +132,10 @@ def _to_local(restored: Any, like: Any) -> Any:
     return jax.tree.map(one, restored, like)
 
 
+class CorruptCheckpointError(UserError):
+    """Raised when no checkpoint of a directory can be read back."""
+
+
 class ConfigMismatchError(UserError):
     """Raised when resuming from a checkpoint written by a run with a different config."""
 
@@ -181,14 +186,38 @@ class Checkpointer:
         (on any mesh: `meta["mesh"]` names the one the checkpoint was written on, None for
         checkpoints older than that record).
 
+        Without `step`, the newest checkpoint that reads back: an unreadable one (a damaged
+        disk, a truncated copy) is skipped with a warning naming it and the one used instead.
+
         Raises:
           FileNotFoundError: no checkpoint in the directory.
+          CorruptCheckpointError: no checkpoint reads back (each one's error named).
           ConfigMismatchError: the checkpoint was written with another config.
         """
         self._manager.wait_until_finished()
-        step = self.latest_step() if step is None else step
-        if step is None:
+        if step is not None:
+            return self._restore_step(like, step)
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
             raise FileNotFoundError(f"no checkpoint found in {self.directory}")
+        failed = []
+        for s in steps:
+            try:
+                restored = self._restore_step(like, s)
+            except ConfigMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001  (Orbax raises many kinds on damaged files)
+                failed.append(f"{self.directory}/{s}: {type(e).__name__}: {e}"[:400])
+                continue
+            if failed:
+                warnings.warn(f"checkpoint {self.directory}/{steps[0]} does not read back; "
+                              f"resuming from {self.directory}/{s} instead. Unreadable: "
+                              + " | ".join(failed), stacklevel=2)
+            return restored
+        raise CorruptCheckpointError(f"no checkpoint in {self.directory} reads back: "
+                                     + " | ".join(failed) + ". Start a fresh run directory.")
+
+    def _restore_step(self, like: Any, step: int) -> tuple[int, Any, dict]:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         found = meta.get("config_fingerprint")
         if self.accepted and found not in self.accepted:
