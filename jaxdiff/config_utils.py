@@ -146,11 +146,11 @@ def parse_overrides(argv: list[str]) -> tuple[str | None, list[tuple[str, str]],
             body = a[len("--config."):]
             if "=" in body:
                 k, v = body.split("=", 1)
-            elif i + 1 < len(argv):
-                k, v = body, argv[i + 1]
+            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                k, v = body, argv[i + 1]   # "-1" is a value, "--resume" is the next flag
                 i += 1
             else:
-                raise ValueError(f"override {a} has no value")
+                raise ValueError(f"override {a} has no value: write {a}=VALUE")
             overrides.append((k, v))
         else:
             rest.append(a)

@@ -44,3 +44,11 @@ def test_parse_overrides_and_unknown_preset():
     assert name == "x" and ov == [("a.b", "1"), ("c", "2")] and rest == ["evaluate", "--resume"]
     with pytest.raises(FileNotFoundError, match="evaluate_digits"):
         build_config("no_such_preset", [])
+
+
+@pytest.mark.parametrize("argv", [["--config.iterations"], ["--config.iterations", "--resume"]])
+def test_an_override_without_a_value_says_how_to_give_one(argv):
+    with pytest.raises(ValueError, match="--config.iterations has no value: write "
+                                         "--config.iterations=VALUE"):
+        parse_overrides(["distill", *argv])
+    assert parse_overrides(["--config.seed", "-1"])[1] == [("seed", "-1")]   # a negative value
