@@ -32,6 +32,9 @@ def base_config():
                   compare_random=False)
     c.log_every = 10
     c.checkpoint_every = 100
+    # Stop (the last checkpoint kept, nothing written as final) when a synthetic value leaves
+    # [-limit, limit] in normalised units (real data lie within about +-3); 0: never.
+    c.divergence_limit = 100.0
     c.seed = 0
     c.num_devices = 0                # data-parallel over this many devices (0 = all)
     c.progress = True

@@ -42,7 +42,8 @@ from jaxdiff.files import fingerprint
 # them (e.g. raise `iterations` to continue a finished run). Pipelines whose step depends on the
 # total length (an lr schedule over `iterations`) must pass their own `ignore`.
 RUN_CONTROL_KEYS = ("resume", "progress", "log_every", "checkpoint_every", "run_dir",
-                    "iterations", "num_steps", "eval", "eval_every", "sample_every")
+                    "iterations", "num_steps", "eval", "eval_every", "sample_every",
+                    "divergence_limit")
 
 
 # Config keys that choose the devices a run computes on, not what it computes: a checkpoint is

@@ -41,6 +41,7 @@ from jaxdiff.distill.real_pool import NormalisedPool, make_real_pool, real_batch
 from jaxdiff.distill.synset import LabelledSet, save_synset
 from jaxdiff.distill.trajectory import flat_student
 from jaxdiff.distributed import agree, to_host
+from jaxdiff.errors import UserError
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.models.classifiers import classifier_factory
@@ -164,6 +165,7 @@ def run(spec: DistillSpec) -> dict:
         _save_grid(run_dir, "init.png", decode_all(b.state.params, static), spec)
 
     def on_log(done, state, row):
+        _check_divergence(spec, done, decode_all(state.params, static))
         if spec.eval_every and done % spec.eval_every == 0 and done != spec.iterations:
             r = evaluate(decode_all(state.params, static), labels, done, _eval_lr(spec, state))
             print(f"\n[jaxdiff distill] step {done}: accuracy {r.summary()}", flush=True)
@@ -188,6 +190,26 @@ def run(spec: DistillSpec) -> dict:
     print(f"[jaxdiff distill] done in {out['seconds']:.0f} s. Results: {run_dir}/results.json; "
           f"images: {run_dir}/final.png; metrics: {run_dir}/metrics.jsonl", flush=True)
     return out
+
+
+class DivergenceError(UserError):
+    """The synthetic set left the sane range (`divergence_limit`): the run stops."""
+
+
+def _check_divergence(spec: DistillSpec, step: int, images) -> None:
+    """Stop when a decoded value leaves `[-divergence_limit, divergence_limit]` (normalised
+    units; NaN and Inf included): a run that blows up but stays finite would otherwise finish
+    and write a useless set. Called at log steps, before the checkpoint of the same step."""
+    limit = spec.divergence_limit
+    if not limit:
+        return
+    worst = float(to_host(jnp.max(jnp.abs(images))))
+    if not worst <= limit:
+        raise DivergenceError(
+            f"the synthetic set diverged at step {step}: max |value| = {worst:.3g} (normalised "
+            f"units; real data lie within about +-3) > divergence_limit = {limit:g}. Nothing "
+            "final was written; the last checkpoint before it is kept. Lower opt.lr (or "
+            "--config.divergence_limit=0 to never stop)")
 
 
 def _has_checkpoint(run_dir: str) -> bool:

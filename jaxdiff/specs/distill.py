@@ -108,6 +108,9 @@ class EvalSpec:
     compare_random: bool
 
 
+DIVERGENCE_LIMIT = 100.0  # |synthetic value| in normalised units beyond which a run stops
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillSpec:
     data: DataSpec
@@ -121,6 +124,7 @@ class DistillSpec:
     eval_every: int
     run: RunSpec
     resolution: Resolution
+    divergence_limit: float = DIVERGENCE_LIMIT
 
 
 def resolve(config) -> DistillSpec:
@@ -150,7 +154,9 @@ def resolve(config) -> DistillSpec:
     return DistillSpec(data, ipc, param, loss, opt, model, ev,
                        iterations=r.integer("iterations", minimum=0),
                        eval_every=r.integer("eval_every", minimum=0), run=run_spec(r),
-                       resolution=r.resolution())
+                       resolution=r.resolution(),
+                       divergence_limit=(r.number("divergence_limit", 0.0)
+                                         if r.has("divergence_limit") else DIVERGENCE_LIMIT))
 
 
 # ----------------------------------------------------------------------------- table defaults

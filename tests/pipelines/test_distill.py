@@ -91,6 +91,20 @@ def test_existing_run_needs_resume(tmp_path):
         distill.run(tiny_distill_config(tmp_path, **over))
 
 
+def test_a_run_that_diverges_but_stays_finite_stops_before_writing_results(tmp_path):
+    """Pixel DM with SGD at lr 1e9: finite but absurd images by the first log step. The run
+    stops there naming the step and the value; no set, images or results are written as final,
+    and the same run with the check off finishes."""
+    over = {"param.name": "pixel", "opt.name": "sgd", "opt.lr": 1e9, "eval.num_runs": 0}
+    with pytest.raises(distill_pipeline.DivergenceError,
+                       match=r"diverged at step 2: max \|value\| = .* > divergence_limit = 100"):
+        distill.run(tiny_distill_config(tmp_path / "a", **over))
+    written = set(os.listdir(tmp_path / "a"))
+    assert not written & {"synthetic.npz", "params.npz", "final.png", "results.json"}, written
+    distill.run(tiny_distill_config(tmp_path / "b", divergence_limit=0, **over))
+    assert np.abs(load_synset(str(tmp_path / "b")).images).max() > 1e3
+
+
 def test_budget_that_fits_nothing_fails_first(tmp_path):
     # IPC 2 of 8x8x1 images is 128 floats per class; DDiF's 67-float field fits 1, but at IPC 1
     # (64 floats) none fits.
