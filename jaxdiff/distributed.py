@@ -272,13 +272,14 @@ def _allgather_bytes(data: bytes) -> list[bytes]:
     return [bytes(allb[i, :int(n.reshape(-1)[i])]) for i in range(allb.shape[0])]
 
 
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
+def flat_items(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """The leaves of nested dicts by dotted key: `{"a": {"b": 1}} -> {"a.b": 1}`."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out = {}
+    for k, v in obj.items():
+        out.update(flat_items(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def check_same(what: str, value: Any) -> None:
@@ -293,7 +294,7 @@ def check_same(what: str, value: Any) -> None:
     texts = [b.decode() for b in _allgather_bytes(mine.encode())]
     if all(t == texts[0] for t in texts):
         return
-    values = [_flatten(json.loads(t)) for t in texts]
+    values = [flat_items(json.loads(t)) for t in texts]
     keys = sorted(set().union(*values))
     diff = [k for k in keys if len({json.dumps(v.get(k), default=str) for v in values}) > 1]
     lines = [f"  {k or what}: " + ", ".join(f"process {i}: {v.get(k, '<absent>')!r}"

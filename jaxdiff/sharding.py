@@ -51,6 +51,16 @@ def data_mesh(num_devices: int | None = None, axis_name: str = DATA_AXIS, *,
     return jax.make_mesh((n,), (axis_name,), axis_types=(AxisType.Auto,), devices=devices)
 
 
+def devices_by_process(devices=None) -> list[list]:
+    """The devices (default: all global ones) grouped by process, in process order, each group
+    cut to the smallest group's size (a mesh takes the same share from every process)."""
+    groups: dict[int, list] = {}
+    for d in (jax.devices() if devices is None else devices):
+        groups.setdefault(d.process_index, []).append(d)
+    size = min(len(g) for g in groups.values())
+    return [groups[p][:size] for p in sorted(groups)]
+
+
 def batch_mesh(batch: int, axis_name: str = DATA_AXIS) -> jax.sharding.Mesh:
     """A 1-D mesh over as many global devices as split a batch of `batch` rows evenly.
 
@@ -58,18 +68,13 @@ def batch_mesh(batch: int, axis_name: str = DATA_AXIS) -> jax.sharding.Mesh:
     and takes the same number of devices from every process (each process must hold a part of
     every program it runs), e.g. 100 rows on 8 devices -> 5, on 2 processes x 4 -> 2 + 2.
     """
-    by_process: dict[int, list] = {}
-    for d in jax.devices():
-        by_process.setdefault(d.process_index, []).append(d)
-    per_process = min(len(v) for v in by_process.values())
-    procs = sorted(by_process)
-    take = max((k for k in range(1, per_process + 1) if batch % (k * len(procs)) == 0),
+    groups = devices_by_process()
+    take = max((k for k in range(1, len(groups[0]) + 1) if batch % (k * len(groups)) == 0),
                default=0)
     if take == 0:
         raise ValueError(f"a batch of {batch} rows cannot be split evenly over "
-                         f"{len(procs)} processes; use a multiple of {len(procs)}")
-    return data_mesh(axis_name=axis_name,
-                     devices=[by_process[p][i] for p in procs for i in range(take)])
+                         f"{len(groups)} processes; use a multiple of {len(groups)}")
+    return data_mesh(axis_name=axis_name, devices=[d for g in groups for d in g[:take]])
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, axis_name: str = DATA_AXIS) -> NamedSharding:

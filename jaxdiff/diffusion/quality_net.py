@@ -243,11 +243,9 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False,
     # every other input is an argument placed on the mesh (none captured from one device)
     params, opt, rest_m = sharding.replicate((params, tx.init(params), rest), mesh)
     fit = jax.jit(step, donate_argnums=(0, 1), out_shardings=sharding.replicated(mesh))
-    losses = []
     for t in range(total):
         params, opt, loss = fit(params, opt, rest_m, *batches(t))
-        losses.append(loss)
-    params, losses = to_host((params, losses[-1:]))
+    params, loss = to_host((params, loss))
     net = QualityNet(graphdef, jax.tree.map(jnp.asarray, params), rest, spec, info.num_classes,
                      0.0)
     acc = float(np.mean(predict(net, to_model_space(test.images)).argmax(-1) == test.labels))
@@ -256,7 +254,7 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False,
                  if mesh.is_multi_process or jax.process_count() == 1
                  else "one device per process")
         print(f"[quality net] trained {spec.dataset} {info.image_shape} on {where}: final loss "
-              f"{float(losses[-1]):.4f}, test accuracy {100 * acc:.2f} %", flush=True)
+              f"{float(loss):.4f}, test accuracy {100 * acc:.2f} %", flush=True)
     return QualityNet(graphdef, net.params, rest, spec, info.num_classes, acc)
 
 

@@ -37,7 +37,7 @@ from jaxdiff.batching import epoch_batches, padded_batches
 from jaxdiff.distributed import to_host
 from jaxdiff.models.functional import apply, masked_cross_entropy
 from jaxdiff.random import sample_keys
-from jaxdiff.sharding import put, replicate
+from jaxdiff.sharding import devices_by_process, put, replicate
 
 RUNS_AXIS = "runs"
 
@@ -195,15 +195,10 @@ def run_layout(num_runs: int, devices: Sequence[jax.Device] | None = None
     Returns:
       (devices, runs per device); devices x runs per device >= R.
     """
-    devices = list(jax.devices() if devices is None else devices)
-    by_process: dict[int, list] = {}
-    for d in devices:
-        by_process.setdefault(d.process_index, []).append(d)
-    procs = sorted(by_process)
-    per_proc = min(len(v) for v in by_process.values())
-    per_device = -(-num_runs // (per_proc * len(procs)))
-    take = -(-num_runs // (per_device * len(procs)))  # devices per process
-    return [d for i in range(take) for d in (by_process[p][i] for p in procs)], per_device
+    groups = devices_by_process(devices)
+    per_device = -(-num_runs // (len(groups[0]) * len(groups)))
+    take = -(-num_runs // (per_device * len(groups)))  # devices per process
+    return [d for i in range(take) for d in (g[i] for g in groups)], per_device
 
 
 _CACHE: dict = {}

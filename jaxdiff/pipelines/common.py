@@ -93,20 +93,11 @@ def check_run_dir(path: str, previous: dict | None, resolution: Resolution, resu
 def config_changes(old: dict, new: dict, safe: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
     """`(dotted key, old value, new value)` for every leaf that differs between two configs,
     leaving out the keys in `safe` and everything under them."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = distributed.flat_items(old), distributed.flat_items(new)
     missing = object()
     return [(k, a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
             if a.get(k, missing) != b.get(k, missing)
             and not any(k == s or k.startswith(s + ".") for s in safe)]
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}" if not prefix else f"{prefix}.{k}"))
-    return out
 
 
 class Timer:

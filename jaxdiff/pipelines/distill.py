@@ -108,7 +108,7 @@ def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False)
                                  place=place)
         return Built(param, static, state, jitted, place.replicate((static,)), report, info,
                      make_model, feed)
-    batches = step.real_keys(jax.random.key(0)).shape[0]  # real batches per step (R)
+    batches = jax.eval_shape(step.real_keys, jax.random.key(0)).shape[0]  # per step (R)
     shape = (batches, info.num_classes, loss.batch_real, *info.image_shape)
     feed = real_batches(pool, loss.batch_real, k_loop, step.real_keys, place.real_batches(shape))
     step_args = place.replicate((static, pool.mean, pool.std))
