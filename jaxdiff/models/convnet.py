@@ -32,19 +32,28 @@ POOLINGS = ("avgpool", "maxpool", "none")
 _POOL_ALIASES = {"avgpooling": "avgpool", "maxpooling": "maxpool"}
 
 
-def convnet_depth_for(image_size: int) -> int:
+def convnet_depth_for(image_size: int | tuple[int, int]) -> int:
     """Depth whose last block ends on a 4x4 map: 8 -> 1, 16 -> 2, 32 -> 3, 64 -> 4, 128 -> 5.
 
-    28 -> 3 because the first conv pads 28 to 32. Sizes that are not 4 * 2^k (k >= 1) raise.
+    `image_size` is S (square) or `(H, W)`. 28 (or (28, 28)) -> 3 because the first conv pads 28
+    to 32. Non-square (H, W): pooling halves both axes, so the depth is the one of the smaller
+    side min(H, W) (its map ends at 4, the other side's at more), e.g. (32, 16) -> 2 on an 8x4
+    map. Sizes (or min(H, W)) that are not 4 * 2^k (k >= 1) raise a ValueError that names the
+    shape and says to pass depth explicitly.
     """
-    size = 32 if image_size == 28 else int(image_size)
+    h, w = ((int(image_size),) * 2 if np.ndim(image_size) == 0
+            else tuple(int(s) for s in image_size))
+    square = h == w
+    size = 32 if (h, w) == (28, 28) else min(h, w)
     depth = 0
     while size > 4 and size % 2 == 0:
         size //= 2
         depth += 1
     if size != 4 or depth < 1:
+        what = (f"image size {h}" if square else
+                f"non-square image shape ({h}, {w}) (the depth follows min(H, W) = {min(h, w)})")
         raise ValueError(
-            f"no standard ConvNet depth for image size {image_size}; expected 28 or 4 * 2^k "
+            f"no standard ConvNet depth for {what}; expected 28 or 4 * 2^k "
             "(8, 16, 32, 64, 128, ...); pass depth= explicitly")
     return depth
 

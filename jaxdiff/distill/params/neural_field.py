@@ -19,8 +19,10 @@ with the *hidden* w0 for the hidden and the output layers. Every leaf is stored,
 Coordinates (§2.4): every grid point, row-major, each axis a mapped to 2 (i / (S_a - 1) - 0.5)
 in [-1, 1]; `grid[..., a]` is the coordinate along spatial axis a (row, col) for images,
 (t, y, x) or (x, y, z) for 3-D. The reference divides both image axes by H - 1 (square images
-only); dividing each axis by its own size - 1 is the same for square images and is what its
-video code does. A denser grid over the same square decodes at a higher resolution
+only: for H != W its columns would end short of, or beyond, 1); dividing each axis by its own
+size - 1 is the same for square images, covers [-1, 1] on every axis of a non-square image
+(H x W images get an H x W grid, no padding or cropping), and is what the reference's video
+code does for its time axis. A denser grid over the same square decodes at a higher resolution
 (`with_grid`); the field is continuous, so nothing else changes.
 
 Warm-up (§4): every field is fitted to a distinct real image of its class with Adam(5e-4),
@@ -117,7 +119,9 @@ def _check_spatial(spatial: Sequence[int]) -> None:
 def coordinate_grid(spatial: Sequence[int]) -> jax.Array:
     """`[*spatial, n]` float32 coordinates in [-1, 1], n = len(spatial), row-major.
 
-    Axis a: 2 * (i / (spatial[a] - 1) - 0.5). First point (-1, ..., -1), last (1, ..., 1).
+    Axis a: 2 * (i / (spatial[a] - 1) - 0.5), each axis on its own (non-square grids too). First
+    point (-1, ..., -1), last (1, ..., 1) up to float32 rounding (XLA multiplies by the rounded
+    reciprocal of S - 1: the last point is 1 + 2^-23 for S = 16).
     """
     spatial = tuple(int(s) for s in spatial)
     _check_spatial(spatial)
