@@ -39,6 +39,9 @@ def base_config():
         use_weights=False,                  # train on the methods' weights (CRAIG/GradMatch
                                             # counts); docs/results_select.md used False
     )
+    # Stop (nothing final written, the last checkpoint kept) when the pre-training loss exceeds
+    # this many times its first logged value; 0: never.
+    c.divergence_limit = 100.0
     c.progress = True
     c.resume = False
     c.run_dir = "runs/select"

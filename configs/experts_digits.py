@@ -25,6 +25,9 @@ def get_config():
     c.dsa_strategy = "auto"
     c.seed = 0
     c.num_devices = 0       # split groups over this many devices (0 = all)
+    # Stop (nothing final written; finished epochs kept) when an expert's mean train loss in
+    # an epoch exceeds this many times the chance-level cross-entropy log(classes); 0: never.
+    c.divergence_limit = 100.0
     c.progress = True
     c.resume = False
     c.buffer_dir = "runs/experts_digits"

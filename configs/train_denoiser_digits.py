@@ -33,6 +33,9 @@ def get_config():
     c.log_every = 50
     c.checkpoint_every = 500
     c.stop_after = 0             # > 0: stop (checkpointed) after this many steps; resume later
+    # Stop (nothing final written, the last checkpoint kept) when the logged training loss exceeds
+    # this many times its first logged value; 0: never.
+    c.divergence_limit = 100.0
     c.progress = True
     c.resume = False
     c.run_dir = "runs/train_denoiser_digits"

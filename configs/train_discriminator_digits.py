@@ -36,6 +36,9 @@ def get_config():
     c.log_every = 50
     c.checkpoint_every = 500
     c.stop_after = 0
+    # Stop (nothing final written, the last checkpoint kept) when the logged training loss exceeds
+    # this many times its first logged value; 0: never.
+    c.divergence_limit = 100.0
     c.progress = True
     c.resume = False
     c.run_dir = "runs/train_discriminator_digits"

@@ -128,15 +128,23 @@ def main(argv: list[str] | None = None) -> int:
         from jaxdiff.runtime import reexec_with_reuse_heap
         reexec_with_reuse_heap([sys.executable, "-m", "jaxdiff.cli", *sys.argv[1:]])
     argv = list(sys.argv[1:] if argv is None else argv)
-    config_name, overrides, rest = parse_overrides(argv)
     parser = _parser()
+    try:
+        config_name, overrides, rest = parse_overrides(argv)
+    except ValueError as e:
+        parser.exit(2, f"jaxdiff: {e}\n")
     args = parser.parse_args(rest + (["--config", config_name] if config_name else []))
     if args.command is None:
         parser.print_help()
         return 0
+    from jaxdiff.errors import UserError
+
     if args.command == "show":
         from jaxdiff.pipelines.show import show
-        print(show(args.run_dir, out=args.out, max_images=args.max_images))
+        try:
+            print(show(args.run_dir, out=args.out, max_images=args.max_images))
+        except UserError as e:
+            _user_error(args.command, e)
         return 0
     try:
         config = build_config(args.config, overrides)
@@ -144,12 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"jaxdiff {args.command}: {e.args[0] if e.args else e}\n")
     if "resume" in config:
         config.resume = bool(args.resume or config.resume)
-    from jaxdiff.errors import UserError
 
     try:
         return _run_command(args, config)
     except UserError as e:       # a value, file or run the user can fix: no traceback
-        _exit(2, f"jaxdiff {args.command}: {e}\n")
+        _user_error(args.command, e)
     except Exception:
         if not _several_processes():
             raise                # an internal error keeps its traceback
@@ -161,6 +168,15 @@ def main(argv: list[str] | None = None) -> int:
                  f"{jax.process_count()} stopped on the error above (when another process died, "
                  "this one fails in the next collective). Checkpoints up to the last save are "
                  "kept: start all processes again with --resume.\n")
+
+
+def _user_error(command: str, e: Exception) -> None:
+    """Exit 2 with the message alone; `JAXDIFF_DEBUG=1` prints the traceback first."""
+    import os
+    if os.environ.get("JAXDIFF_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
+        import traceback
+        traceback.print_exception(e)
+    _exit(2, f"jaxdiff {command}: {e}\n")
 
 
 def _several_processes() -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from jaxdiff.errors import UserError
 from jaxdiff.files import atomic_write_text
 
 
@@ -90,3 +91,27 @@ def check_finite(step: int, **values) -> None:
             raise FloatingPointError(
                 f"non-finite {name} at step {step}: {arr if arr.size < 8 else 'array with NaN/Inf'}; "
                 "stopping. The last good checkpoint is kept.")
+
+
+# A training loss more than this many times its first logged value has diverged (the default of
+# each loop command's `divergence_limit` config key; 0 there turns the check off).
+LOSS_DIVERGENCE_LIMIT = 100.0
+
+
+class DivergenceError(UserError):
+    """A run that blew up but stayed finite (a loss grown by orders of magnitude, a synthetic set
+    far outside the data's range): stopped before anything final is written; the message names
+    the step, the value, the limit and the config key that sets it."""
+
+
+def check_growth(step: int, name: str, value: float, reference: float, limit: float, *,
+                 reference_is: str = "its first logged value") -> None:
+    """Raise `DivergenceError` when `value > limit * reference` (`limit` 0: never; a reference
+    <= 0 cannot be grown from). `reference_is` says what the reference is, for the message."""
+    if not limit or not reference > 0 or value <= limit * reference:
+        return
+    raise DivergenceError(
+        f"the run diverged at step {step}: {name} = {value:.4g} is more than divergence_limit = "
+        f"{limit:g} times {reference_is} ({reference:.4g}). Nothing final was written; the last "
+        "checkpoint before it is kept. Lower the learning rate (or set "
+        "--config.divergence_limit=0 to never stop)")

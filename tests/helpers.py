@@ -42,6 +42,18 @@ def fake_prepared(root: Path, name: str, version: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------- models
+def placeholder_expert_store(root, dataset: str, image_shape, epochs: int = 20) -> str:
+    """An expert store that passes `distill.tm.open_experts` (dataset, image shape, one complete
+    expert of `epochs` epochs) for resolving TM configs; its one-parameter trajectory is zeros,
+    so it cannot drive a real TM run."""
+    from jaxdiff.distill.experts import ExpertStore
+    store = ExpertStore.create(root, num_params=1, epochs=epochs,
+                               meta={"dataset": dataset, "image_shape": list(image_shape)},
+                               exist_ok=True)
+    store.save_trajectory(0, np.zeros((epochs + 1, 1), np.float32))
+    return str(store.root)
+
+
 def conv_ref(x, w, b=None, stride=1, pad=1):
     """Reference NHWC x HWIO cross-correlation (tests may call lax directly; models may not)."""
     y = jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),

@@ -23,7 +23,7 @@ from jaxdiff.data.registry import (
     get_info,
     with_stats,
 )
-from jaxdiff.data.sources import Dataset, load, train_class_counts
+from jaxdiff.data.sources import Dataset, check_available, load, train_class_counts
 from jaxdiff.data.transforms import (MODEL_SPACE, denormalize, model_space_to_display,
                                      model_space_to_uint8, normalize, normalize_with,
                                      resize_bilinear, to_display, to_model_space)
@@ -31,7 +31,8 @@ from jaxdiff.data.zca import ZCA, fit_zca, zca_apply, zca_invert
 
 __all__ = [
     "DATASET_NAMES", "DIGITS_SPLIT_SEED", "MODEL_SPACE", "SPLITS", "STATS", "ZCA", "Dataset",
-    "DatasetInfo", "DatasetNotFoundError", "Located", "Stats", "candidate_dirs", "class_indices",
+    "DatasetInfo", "DatasetNotFoundError", "Located", "Stats", "candidate_dirs", "check_available",
+    "class_indices",
     "denormalize", "digits_split_indices", "fit_zca", "get_info", "load", "locate",
     "model_space_to_display", "model_space_to_uint8", "normalize", "normalize_with",
     "resize_bilinear", "sample_per_class", "to_display", "to_model_space", "train_class_counts",

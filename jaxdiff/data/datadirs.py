@@ -21,11 +21,13 @@ import re
 from pathlib import Path
 from typing import NamedTuple
 
+from jaxdiff.errors import MissingInputError
+
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingInputError):
     """A dataset is absent from every searched data directory (the message says where and how)."""
 
 

@@ -153,6 +153,14 @@ def _read_tfds(name: str, e, split: str, located: Located) -> tuple[np.ndarray, 
     return images, labels
 
 
+def check_available(name: str, data_dir=None) -> None:
+    """Raise `DatasetNotFoundError` (a `UserError`: every directory searched and how to prepare
+    the data) unless `load(name, ..., data_dir=data_dir)` finds its data; cheap (no decode)."""
+    e = entry(name)
+    if e.source != "sklearn":
+        locate(e.tfds_name, data_dir, hint=e.prepare_hint)
+
+
 def train_class_counts(name: str) -> tuple[int, ...]:
     """Images per class of the train split of `name`, by label, without loading the images:
     the registry's table (fixed by each dataset's construction), the embedded digits' from its

@@ -245,6 +245,7 @@ def train_quality_net(spec: QualityNetSpec, *, progress: bool = False,
     fit = jax.jit(step, donate_argnums=(0, 1), out_shardings=sharding.replicated(mesh))
     for t in range(total):
         params, opt, loss = fit(params, opt, rest_m, *batches(t))
+        sharding.settle_cpu_step(loss)   # one step in flight on CPU devices (see there)
     params, loss = to_host((params, loss))
     net = QualityNet(graphdef, jax.tree.map(jnp.asarray, params), rest, spec, info.num_classes,
                      0.0)

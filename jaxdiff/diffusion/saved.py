@@ -28,6 +28,7 @@ from flax import nnx
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.data.transforms import MODEL_SPACE
 from jaxdiff.diffusion import discriminator as D
+from jaxdiff.errors import MissingInputError
 from jaxdiff.diffusion.quality_net import QualityNetSpec, get_quality_net
 from jaxdiff.diffusion.train import nnx_denoiser
 from jaxdiff.files import atomic_write_json
@@ -87,16 +88,17 @@ def save_model(run_dir: str, params, ema, rest, spec: dict, *, step: int) -> str
 def read_model_spec(run_dir: str) -> dict:
     """`model.json` of a finished `jaxdiff train-denoiser` run (no arrays loaded).
 
-    Raises FileNotFoundError naming the directory when it does not exist or holds no finished
-    model.
+    Raises `MissingInputError` (a FileNotFoundError and a `UserError`) naming the directory when
+    it does not exist or holds no finished model.
     """
     run_dir = os.path.abspath(os.path.expanduser(run_dir))
     if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"model run directory {run_dir} does not exist; train one with "
+        what = "is a file, not a run directory" if os.path.exists(run_dir) else "does not exist"
+        raise MissingInputError(f"model run directory {run_dir} {what}; train one with "
                                 "`jaxdiff train-denoiser` or set --config.model_dir")
     path = os.path.join(run_dir, MODEL_JSON)
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{run_dir} holds no finished denoiser ({MODEL_JSON} missing): the training run did "
             "not finish (resume it with `jaxdiff train-denoiser --resume`) or this is not a "
             "train-denoiser run directory")

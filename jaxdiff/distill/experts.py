@@ -40,6 +40,7 @@ from jaxdiff import data as jdata
 from jaxdiff import distributed
 from jaxdiff.batching import epoch_batches, num_batches, padded_batches
 from jaxdiff.files import atomic_save_npy, atomic_savez, atomic_write_json
+from jaxdiff.errors import MissingInputError, UserError
 from jaxdiff.models.functional import apply_pool, init_pool, masked_cross_entropy
 
 FORMAT = "jaxdiff-experts/1"
@@ -73,12 +74,13 @@ class ExpertStore:
         self.root = os.path.abspath(os.fspath(root))
         path = os.path.join(self.root, "meta.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"no expert store at {self.root} (missing meta.json); "
+            raise MissingInputError(f"no expert store at {self.root} (missing meta.json); "
                                     "create one with `jaxdiff experts` or ExpertStore.create")
         with open(path) as f:
             self.meta = json.load(f)
         if self.meta.get("format") != FORMAT:
-            raise ValueError(f"{path}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+            raise UserError(f"{path}: expert store format {self.meta.get('format')!r}, expected "
+                            f"{FORMAT!r}; train the experts again with `jaxdiff experts`")
         self.num_params = int(self.meta["num_params"])
         self.epochs = int(self.meta["epochs"])
         self._mmaps: dict[int, np.ndarray] = {}
@@ -176,13 +178,15 @@ class ExpertStore:
             return ZCA(z["mean"], z["whiten"], z["inverse"])
 
     def check(self, **expected) -> None:
-        """Raise ValueError if a meta field differs, e.g. `check(dataset="digits", zca=False)`."""
+        """Raise `UserError` (a ValueError) if a meta field differs, e.g.
+        `check(dataset="digits", zca=False)`."""
         for k, v in expected.items():
             if k not in self.meta:
-                raise ValueError(f"expert store {self.root} does not record {k!r}")
+                raise UserError(f"expert store {self.root} does not record {k!r}")
             if self.meta[k] != v:
-                raise ValueError(f"expert store {self.root} has {k}={self.meta[k]!r}, "
-                                 f"but {k}={v!r} was expected")
+                raise UserError(f"expert store {self.root} has {k}={self.meta[k]!r}, but "
+                                f"{k}={v!r} was expected: train experts for this setting with "
+                                "`jaxdiff experts`")
 
     # ----------------------------------------------------------------------------- writing
     def save_trajectory(self, expert: int, trajectory) -> None:

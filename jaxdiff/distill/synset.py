@@ -16,10 +16,12 @@ parameters in their Orbax checkpoints.
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import NamedTuple
 
 import numpy as np
 
+from jaxdiff.errors import MissingInputError, UserError
 from jaxdiff.files import atomic_savez
 
 FILENAME = "synthetic.npz"
@@ -58,10 +60,25 @@ def load_synset(path: str | os.PathLike) -> LabelledSet:
     path = os.fspath(path)
     if os.path.isdir(path):
         path = os.path.join(path, FILENAME)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no labelled image set at {path} (expected a {FILENAME} written "
-                                "by `jaxdiff distill` or `jaxdiff evaluate`)")
-    with np.load(path, allow_pickle=False) as z:
-        return LabelledSet(images=z["images"], labels=z["labels"], dataset=str(z["dataset"]),
-                           mean=z["mean"], std=z["std"], zca=bool(z["zca"]), lr=float(z["lr"]),
-                           method=str(z["method"]))
+    if not os.path.isfile(path):
+        raise MissingInputError(f"no labelled image set at {path} (expected a {FILENAME} "
+                                "written by `jaxdiff distill` or `jaxdiff evaluate`)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = sorted({"images", "labels", "dataset", "mean", "std"} - set(z.files))
+            if missing:
+                raise UserError(f"{path} is not an image set of `jaxdiff distill`/`evaluate`: "
+                                f"it lacks {missing} (it has {sorted(z.files)})")
+            get = lambda k, cast: cast(z[k]) if k in z.files else LabelledSet._field_defaults[k]  # noqa: E731
+            s = LabelledSet(images=z["images"], labels=z["labels"], dataset=str(z["dataset"]),
+                            mean=z["mean"], std=z["std"], zca=get("zca", bool),
+                            lr=get("lr", float), method=get("method", str))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"{path} is not a readable .npz image set ({type(e).__name__}: {e}); "
+                        f"point at a run directory or its {FILENAME}") from None
+    if s.images.ndim != 4 or len(s.labels) != len(s.images):
+        raise UserError(f"{path}: images {s.images.shape} and labels {s.labels.shape} are not "
+                        "[N, H, W, C] images with one label each")
+    return s

@@ -24,6 +24,7 @@ import optax
 
 from jaxdiff.distill import trajectory
 from jaxdiff.distill.experts import ExpertStore
+from jaxdiff.errors import UserError
 from jaxdiff.distill.optim import InstanceOptimizer
 from jaxdiff.distill.params import Parameterisation
 from jaxdiff.distill.placement import Placement
@@ -102,15 +103,15 @@ def open_experts(buffer_dir: str, dataset: str, image_shape, *, max_start_epoch:
     store = ExpertStore(buffer_dir)
     store.check(dataset=dataset, image_shape=list(image_shape))
     if store.meta.get("zca"):
-        raise NotImplementedError(f"the experts in {buffer_dir} were trained on ZCA-whitened "
-                                  "images; distilling in ZCA space is not wired into "
-                                  "`jaxdiff distill` yet")
+        raise UserError(f"the experts in {buffer_dir} were trained on ZCA-whitened images; "
+                        "distilling in ZCA space is not wired into `jaxdiff distill` yet")
     if len(store) == 0:
-        raise ValueError(f"{buffer_dir} holds no complete expert yet")
+        raise UserError(f"{buffer_dir} holds no complete expert yet; finish `jaxdiff experts` "
+                        "(--resume) first")
     if max_start_epoch + expert_epochs > store.epochs:
-        raise ValueError(f"max_start_epoch ({max_start_epoch}) + expert_epochs "
-                         f"({expert_epochs}) exceeds the {store.epochs} epochs stored in "
-                         f"{store.root}")
+        raise UserError(f"loss.tm.max_start_epoch ({max_start_epoch}) + loss.tm.expert_epochs "
+                        f"({expert_epochs}) exceeds the {store.epochs} epochs stored in "
+                        f"{store.root}; lower one of them")
     return store
 
 

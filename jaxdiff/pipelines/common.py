@@ -27,7 +27,8 @@ class RunDirError(UserError, FileExistsError):
     """`run_dir` holds a run this one must not write over (refused before anything is written)."""
 
 
-def open_run_dir(run_dir: str, resolution: Resolution, *, resume: bool = False) -> str:
+def open_run_dir(run_dir: str, resolution: Resolution, *, resume: bool = False,
+                 key: str = "run_dir") -> str:
     """Check what `run_dir` holds, then make it, print the resolved block and write
     `config.json` (the resolved config and how it was resolved); returns the absolute path.
 
@@ -36,11 +37,11 @@ def open_run_dir(run_dir: str, resolution: Resolution, *, resume: bool = False) 
     does not resume: evaluate and sample write again); `--resume` where there is no run, or with
     a config that differs in keys other than `resolution.resume_safe` (each differing key named
     with both values). With several processes: process 0 looks, prints and writes, and every
-    process must see the directory.
+    process must see the directory. `key`: the config key naming the directory, for messages.
     """
     path = os.path.abspath(os.path.expanduser(run_dir))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"run_dir {path} is a file; choose a directory")
+        raise UserError(f"config key {key!r} = {path!r} is a file; choose a directory")
     check_run_dir(path, distributed.agree(previous_run(path)), resolution, resume)
     make_run_dir(path)
     distributed.check_shared_dir(path)

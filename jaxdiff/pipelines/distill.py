@@ -43,6 +43,7 @@ from jaxdiff.distill.trajectory import flat_student
 from jaxdiff.distributed import agree, to_host
 from jaxdiff.errors import UserError
 from jaxdiff.files import atomic_savez, atomic_write_json
+from jaxdiff.metrics import DivergenceError
 from jaxdiff.images import save_grid
 from jaxdiff.models.classifiers import classifier_factory
 from jaxdiff.pipelines import common
@@ -88,9 +89,9 @@ def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False)
     param = parameterisation(spec, skip_warmup=skip_warmup)
     pool = make_real_pool(train.images, train.labels, info.num_classes, info.mean, info.std)
     if pool.per_class < loss.batch_real:
-        raise ValueError(f"{info.name}'s training data has {pool.per_class} images in its smallest "
-                         f"class, fewer than loss.batch_real = {loss.batch_real} (the registry "
-                         "expected more: is the prepared dataset complete?)")
+        raise UserError(f"{info.name}'s training data has {pool.per_class} images in its smallest "
+                        f"class, fewer than loss.batch_real = {loss.batch_real} (the registry "
+                        "expected more: is the prepared dataset complete?)")
     k_init, k_loop = jax.random.split(jax.random.key(spec.run.seed), 3)[:2]
     params, static = param.init(k_init, NormalisedPool(pool))  # reads only the chosen images
     o = spec.opt
@@ -190,10 +191,6 @@ def run(spec: DistillSpec) -> dict:
     print(f"[jaxdiff distill] done in {out['seconds']:.0f} s. Results: {run_dir}/results.json; "
           f"images: {run_dir}/final.png; metrics: {run_dir}/metrics.jsonl", flush=True)
     return out
-
-
-class DivergenceError(UserError):
-    """The synthetic set left the sane range (`divergence_limit`): the run stops."""
 
 
 def _check_divergence(spec: DistillSpec, step: int, images) -> None:

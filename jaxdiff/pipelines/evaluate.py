@@ -20,7 +20,6 @@ from jaxdiff.distill.synset import LabelledSet, load_synset, save_synset
 from jaxdiff.files import atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.pipelines import common
-from jaxdiff.specs.base import SpecError
 from jaxdiff.specs.evaluate import EvaluateSpec
 
 
@@ -35,18 +34,7 @@ def training_set(spec: EvaluateSpec, train: jdata.Dataset) -> LabelledSet:
         idx = jdata.sample_per_class(spec.run.seed, train.labels, info.num_classes, spec.ipc)
         return LabelledSet(jdata.normalize(train.images[idx], info), train.labels[idx], info.name,
                            mean, std, method=f"random real, {spec.ipc} per class")
-    s = load_synset(spec.synthetic_path)
-    if s.dataset != info.name:
-        raise SpecError(f"config key 'synthetic_path': the set at {spec.synthetic_path} was made "
-                        f"from {s.dataset!r}, but data.name is {info.name!r}")
-    if tuple(s.images.shape[1:]) != tuple(info.image_shape):
-        raise SpecError(f"config key 'synthetic_path': the set's images have shape "
-                        f"{tuple(s.images.shape[1:])}, the dataset's (data.image_size) "
-                        f"{tuple(info.image_shape)}")
-    if s.zca:
-        raise NotImplementedError("evaluating ZCA-space sets: transform the test split with the "
-                                  "training ZCA first (not wired into `jaxdiff evaluate` yet)")
-    return s
+    return load_synset(spec.synthetic_path)   # its dataset, shape and labels: checked by resolve
 
 
 def run(spec: EvaluateSpec) -> dict:

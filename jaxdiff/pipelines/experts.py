@@ -37,7 +37,7 @@ from jaxdiff.distill.experts import ExpertStore, expert_data, make_expert_traine
 from jaxdiff.distributed import to_host
 from jaxdiff.feeding import HostBatches
 from jaxdiff.files import atomic_write_json
-from jaxdiff.metrics import MetricWriter, check_finite
+from jaxdiff.metrics import MetricWriter, check_finite, check_growth
 from jaxdiff.pipelines import common
 from jaxdiff.specs.experts import ExpertsSpec
 
@@ -63,7 +63,8 @@ def run(spec: ExpertsSpec) -> dict:
     make_model = spec.model.factory(info.image_shape, info.num_classes)
     init_key, data_key = jax.random.split(jax.random.key(spec.run.seed))
     layout = param_layout(make_model, init_key)
-    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution, resume=spec.run.resume)
+    run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution, resume=spec.run.resume,
+                                  key="buffer_dir")
     store = ExpertStore.create(run_dir, num_params=sum(int(np.prod(s)) for s in
                                                        layout["param_shapes"]),
                                epochs=spec.epochs, meta=store_meta(spec, info, layout),
@@ -93,7 +94,9 @@ def run(spec: ExpertsSpec) -> dict:
     try:
         for g in range(0, len(todo), spec.parallel):
             ids = todo[g:g + spec.parallel]
-            per_expert.update(_train_group(trainer, store, d, ids, pool, writer, bar))
+            per_expert.update(_train_group(trainer, store, d, ids, pool, writer, bar,
+                                           divergence=(spec.run.divergence_limit,
+                                                       float(np.log(info.num_classes)))))
             atomic_write_json(results_path, _results(info, store, per_expert, timer))
     finally:
         bar.close()
@@ -137,11 +140,15 @@ class _PoolPlacement:
 
 
 def _train_group(trainer, store: ExpertStore, d, ids: list[int], pool: _PoolPlacement, writer,
-                 bar) -> dict:
+                 bar, divergence: tuple[float, float] = (0.0, 0.0)) -> dict:
     """Train experts `ids` together (vmapped; split over the devices when `pool` allows) from
     scratch or from their last common snapshot, one step per batch (each process reads the
     batch rows of its own experts, `feeding.HostBatches`), writing a snapshot per epoch;
-    returns their {id: {test_accuracy, final_train_loss}}."""
+    returns their {id: {test_accuracy, final_train_loss}}.
+
+    `divergence = (limit, reference)`: an epoch whose mean train loss exceeds `limit` times
+    `reference` (the chance-level cross-entropy log C, what a fresh network scores) stops the
+    run before that epoch's snapshot is written (`metrics.DivergenceError`)."""
     E, S = store.epochs, trainer.steps_per_epoch
     put, target, (test_x, test_y) = pool.place(ids)
     ids_arr = put(np.asarray(ids, np.int32))
@@ -163,10 +170,15 @@ def _train_group(trainer, store: ExpertStore, d, ids: list[int], pool: _PoolPlac
         total = 0.0
         for t in range(e * S, (e + 1) * S):
             flat, losses = trainer.step(flat, ids_arr, np.int32(t), *batches(t))
+            shd.settle_cpu_step(losses)   # one step in flight on several CPU devices
             total = total + losses
         host, loss = to_host((flat, total / S))   # one host sync per epoch
         step = ids[0] * E + e + 1
         check_finite(step, train_loss=loss)
+        for j, i in enumerate(ids):
+            check_growth(step, f"the mean train loss of expert {i} in epoch {e + 1}",
+                         float(loss[j]), divergence[1], divergence[0],
+                         reference_is="the chance-level cross-entropy log(num_classes)")
         for j, i in enumerate(ids):
             store.save_snapshot(i, e + 1, host[j])
         writer.write(step, {"experts": list(ids), "epoch": e + 1,

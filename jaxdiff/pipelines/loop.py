@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from jaxdiff.checkpoint import Checkpointer, describe_mesh
 from jaxdiff.distributed import to_host
-from jaxdiff.metrics import MetricWriter, check_finite
+from jaxdiff.metrics import MetricWriter, check_finite, check_growth
+from jaxdiff.sharding import settle_cpu_step
 
 StepFn = Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]]
 
@@ -53,6 +54,8 @@ def run_loop(
     on_log: Callable[[int, Any, dict], None] | None = None,
     progress: bool = True,
     max_to_keep: int = 2,
+    divergence_limit: float = 0.0,
+    divergence_key: str = "loss",
 ) -> tuple[Any, list[dict]]:
     """Run `state, metrics = step_fn(state, step)` for steps `[start, num_steps)`.
 
@@ -70,6 +73,9 @@ def run_loop(
       resume: continue from the latest checkpoint in `run_dir` if there is one.
       on_log: optional hook called at log steps (e.g. periodic evaluation, image grids); it may
         return a dict of extra metrics to log.
+      divergence_limit: stop (`metrics.DivergenceError`, before `on_log` and the checkpoint of
+        that step) when the logged `divergence_key` exceeds this many times its first logged
+        value (kept across a resume); 0: never.
 
     Returns:
       (final state, list of logged metric rows).
@@ -107,10 +113,15 @@ def run_loop(
     try:
         for step in range(start, num_steps):
             state, metrics = step_fn(state, np.int32(step))
+            settle_cpu_step(metrics)   # one step in flight on several CPU devices (see there)
             done = step + 1
             if done % log_every == 0 or done == num_steps:
                 row = {k: float(v) for k, v in to_host(dict(metrics)).items()}
                 check_finite(step, **row)
+                first = next((h[divergence_key] for h in history if divergence_key in h), None)
+                if first is not None and divergence_key in row:
+                    check_growth(done, divergence_key, row[divergence_key], first,
+                                 divergence_limit)
                 if on_log is not None:
                     row.update(on_log(done, state, row) or {})
                 writer.write(done, row)

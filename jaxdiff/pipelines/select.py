@@ -92,7 +92,8 @@ def pretrain(spec: SelectSpec, train_x, train_y, seed: int):
                         fingerprint=config_fingerprint(keyed),
                         checkpoint_every=p.checkpoint_every,
                         log_every=min(p.log_every, num_steps), resume=True,
-                        desc=f"pretrain seed {seed}", progress=spec.run.progress, max_to_keep=1)
+                        desc=f"pretrain seed {seed}", progress=spec.run.progress, max_to_keep=1,
+                        divergence_limit=spec.run.divergence_limit)
     return (graphdef, state["params"], state["rest"],
             distributed.to_host(state["correct"]).astype(bool), cache_dir, counted["steps"])
 

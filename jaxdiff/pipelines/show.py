@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from jaxdiff.distill.synset import load_synset
+from jaxdiff.errors import UserError
 from jaxdiff.images import save_grid
 
 
@@ -14,7 +15,8 @@ def show(run_dir: str, out: str | None = None, max_images: int = 400) -> str:
     """Write a grid of the run's `synthetic.npz` images (de-normalised), one class per row."""
     s = load_synset(run_dir)
     if s.zca:
-        raise NotImplementedError("showing ZCA-space images needs the training ZCA's inverse")
+        raise UserError(f"{run_dir} holds ZCA-space images; showing them needs the training "
+                        "ZCA's inverse, which the set does not store")
     images = np.clip(s.images[:max_images] * s.std + s.mean, 0.0, 1.0)
     labels = s.labels[:max_images]
     counts = np.bincount(labels)

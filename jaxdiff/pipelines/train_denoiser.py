@@ -101,7 +101,8 @@ def run(spec: TrainDenoiserSpec) -> dict:
         lambda s, i: jitted(s, i, *batches(i)), state, stop, run_dir=run_dir,
         fingerprint=spec.resolution.resume_fingerprints, checkpoint_every=spec.run.checkpoint_every,
         log_every=spec.run.log_every, resume=spec.run.resume, desc="train-denoiser",
-        on_log=on_log, progress=spec.run.progress)
+        on_log=on_log, progress=spec.run.progress,
+        divergence_limit=spec.run.divergence_limit, divergence_key="loss_avg")
     if stop < t.steps:
         print(f"[jaxdiff train-denoiser] stopped after {stop} of {t.steps} steps (stop_after); "
               "continue with --resume --config.stop_after=0", flush=True)

@@ -152,7 +152,8 @@ def run(spec: TrainDiscriminatorSpec) -> dict:
                               fingerprint=spec.resolution.resume_fingerprints,
                               checkpoint_every=spec.run.checkpoint_every,
                               log_every=spec.run.log_every, resume=spec.run.resume,
-                              desc="train-discriminator", progress=spec.run.progress)
+                              desc="train-discriminator", progress=spec.run.progress,
+                              divergence_limit=spec.run.divergence_limit)
     if stop < total:
         print(f"[jaxdiff train-discriminator] stopped after {stop} of {total} steps; continue "
               "with --resume --config.stop_after=0", flush=True)

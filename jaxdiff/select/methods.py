@@ -428,6 +428,18 @@ def lcmat_kernel(config, params, data, valid, n, k, c, key, max_budget):
 
 _GREEDY = ("naive", "lazy", "lazy_recompute")
 
+# The checks the methods apply to their keyword options, by option name: `specs.select` runs
+# them on a config's `select.options` before any work.
+OPTION_CHECKS = {
+    "greedy": lambda v: _check_choice("greedy", v, _GREEDY),
+    "block_size": lambda v: _check_pos_int("block_size", v),
+    "batch_size": lambda v: _check_pos_int("batch_size", v),
+    "class_batch": lambda v: _check_pos_int("class_batch", v),
+    "num_coords": lambda v: _check_pos_int("num_coords", v),
+    "lam": lambda v: _check_nonneg("lam", v),
+    "eps": lambda v: _check_nonneg("eps", v),
+}
+
 
 def uniform(key, labels, num_classes, fraction, *, class_batch=1, mesh=None) -> Selection:
     """Class-balanced uniform sampling without replacement; class c uses `fold_in(key, c)`."""

@@ -155,6 +155,15 @@ class Resolver:
                maximum: float | None = None) -> float:
         return number(self.get(key), key, minimum, strict=strict, maximum=maximum)
 
+    def sigma_range(self, prefix: str) -> tuple[float, float]:
+        """`(prefix.sigma_min, prefix.sigma_max)`: a noise range, both > 0, min below max."""
+        lo = self.number(f"{prefix}.sigma_min", 0.0, strict=True)
+        hi = self.number(f"{prefix}.sigma_max", 0.0, strict=True)
+        if hi <= lo:
+            raise SpecError(f"config keys '{prefix}.sigma_min' = {lo:g} and '{prefix}.sigma_max' "
+                            f"= {hi:g}: sigma_max must be above sigma_min (EDM: 0.002 and 80)")
+        return lo, hi
+
     def flag(self, key: str) -> bool:
         value = self.get(key)
         if not isinstance(value, (bool, int)) or value not in (0, 1):

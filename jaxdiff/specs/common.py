@@ -11,7 +11,10 @@ from typing import Any, Callable
 
 from jaxdiff import data as jdata
 from jaxdiff.distill import augment as dsa
+from jaxdiff.metrics import LOSS_DIVERGENCE_LIMIT
 from jaxdiff.models import classifiers
+from jaxdiff.models.init import NORMS
+from jaxdiff.models.resnet import RESNET_NORMS
 from jaxdiff.specs.base import Resolver, SpecError
 
 
@@ -44,6 +47,7 @@ def data_spec(r: Resolver, prefix: str = "data") -> DataSpec:
     size = r.integer(f"{prefix}.image_size", minimum=0) if r.has(f"{prefix}.image_size") else 0
     data_dir = r.get(f"{prefix}.data_dir", "") or None
     info = jdata.get_info(name, "train", image_size=size or None)
+    jdata.check_available(name, data_dir)   # absent: refused here, naming every directory tried
     return DataSpec(name, data_dir, size or None, info)
 
 
@@ -79,13 +83,15 @@ def classifier_spec(r: Resolver, prefix: str, image_shape) -> ClassifierSpec:
     depth = r.integer(f"{prefix}.depth", minimum=0) if r.has(f"{prefix}.depth") else 0
     if name == "convnet" and not depth:
         try:
-            by_size = classifiers.convnet_depth_for(int(image_shape[0]))
+            by_size = classifiers.convnet_depth_for(tuple(int(s) for s in image_shape[:2]))
         except ValueError as e:
-            raise SpecError(f"config key '{prefix}.depth' = 0 (by image size): {e}; set it "
-                            "explicitly") from None
+            why = str(e).removesuffix("; pass depth= explicitly")
+            raise SpecError(f"config key '{prefix}.depth' = 0 (by image size): {why}; set "
+                            f"--config.{prefix}.depth explicitly") from None
         depth = r.derive(f"{prefix}.depth", by_size, f"ConvNet depth for {image_shape[0]} px images")
     width = r.integer(f"{prefix}.width", minimum=1)
-    norm = str(r.get(f"{prefix}.norm", "instancenorm"))
+    norms = RESNET_NORMS if name == "resnet18" else NORMS
+    norm = r.choice(f"{prefix}.norm", norms) if r.has(f"{prefix}.norm") else "instancenorm"
     return ClassifierSpec(name, depth, width, norm)
 
 
@@ -114,6 +120,9 @@ class RunSpec:
       seed: the run's root seed.
       num_devices: data-parallel devices (0 = all).
       log_every, checkpoint_every: loop cadence in steps (0 where a command has no loop).
+      divergence_limit: a loop command stops when its training loss exceeds this many times its
+        first logged value (`metrics.check_growth`; 0 = never). Distill's own limit (on the
+        synthetic values) is `DistillSpec.divergence_limit`.
     """
 
     run_dir: str
@@ -123,11 +132,14 @@ class RunSpec:
     num_devices: int
     log_every: int = 0
     checkpoint_every: int = 0
+    divergence_limit: float = 0.0
 
 
-def run_spec(r: Resolver, *, run_dir_key: str = "run_dir", loop: bool = True) -> RunSpec:
-    """The run-control keys: `run_dir`, `resume`, `progress`, `seed`, `num_devices` and, for a
-    command with a loop, `log_every` and `checkpoint_every` (both >= 1)."""
+def run_spec(r: Resolver, *, run_dir_key: str = "run_dir", loop: bool = True,
+             loss_divergence: bool | None = None) -> RunSpec:
+    """The run-control keys: `run_dir`, `resume`, `progress`, `seed`, `num_devices`; for a
+    command with a loop, `log_every` and `checkpoint_every` (both >= 1); with `loss_divergence`
+    (default: `loop`), `divergence_limit` (>= 0; absent: `metrics.LOSS_DIVERGENCE_LIMIT`)."""
     run_dir = r.path(run_dir_key)
     if not run_dir:
         raise SpecError(f"config key {run_dir_key!r} must name a directory")
@@ -135,9 +147,13 @@ def run_spec(r: Resolver, *, run_dir_key: str = "run_dir", loop: bool = True) ->
     ckpt = r.integer("checkpoint_every", minimum=1) if loop else 0
     seed = r.integer("seed", minimum=0) if r.has("seed") else 0
     devices = r.integer("num_devices", minimum=0) if r.has("num_devices") else 0
+    limit = 0.0
+    if loop if loss_divergence is None else loss_divergence:
+        limit = (r.number("divergence_limit", 0.0) if r.has("divergence_limit")
+                 else LOSS_DIVERGENCE_LIMIT)
     return RunSpec(run_dir=run_dir, resume=bool(r.get("resume", False)),
                    progress=bool(r.get("progress", True)), seed=seed, num_devices=devices,
-                   log_every=log, checkpoint_every=ckpt)
+                   log_every=log, checkpoint_every=ckpt, divergence_limit=limit)
 
 
 def as_tuple(value: Any, key: str) -> tuple:

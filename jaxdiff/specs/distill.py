@@ -27,6 +27,7 @@ from jaxdiff.distill.budget import BudgetReport
 from jaxdiff.distill.optim import OPTIMIZERS
 from jaxdiff.distill.params import (PARAM_GROUPS, PARAMETERISATIONS, ddif_preset,
                                     get_parameterisation)
+from jaxdiff.distill.tm import open_experts
 from jaxdiff.distill.trajectory import MODES
 from jaxdiff.specs.base import Resolution, Resolver, SpecError
 from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, classifier_spec, data_spec,
@@ -140,12 +141,13 @@ def resolve(config) -> DistillSpec:
     if param_name == "ddif":
         _fill_siren(r, data.name, ipc)
     param = _param(r, param_name, ipc, data)
+    _check_real_init(ipc, param, data)
     loss = LossSpec(loss_name, _batch_real(r, data), dsa_strategy(r, "loss.dsa_strategy", data.name),
                     _dc(r, ipc) if loss_name in ("dc", "lcmat") else None,
-                    _tm(r) if loss_name == "tm" else None,
+                    _tm(r, data) if loss_name == "tm" else None,
                     _lcmat(r) if loss_name == "lcmat" else None)
     opt = OptSpec(r.choice("opt.name", OPTIMIZERS), r.number("opt.lr", 0.0),
-                  r.number("opt.momentum", 0.0), r.flag("opt.masked"),
+                  _momentum(r), r.flag("opt.masked"),
                   _group_lr(r, PARAM_GROUPS[param_name]))
     model = classifier_spec(r, "model", data.info.image_shape)
     ev = EvalSpec(r.integer("eval.epochs", minimum=0), r.integer("eval.num_runs", minimum=0),
@@ -153,7 +155,8 @@ def resolve(config) -> DistillSpec:
                   dsa_strategy(r, "eval.dsa_strategy", data.name), r.flag("eval.compare_random"))
     return DistillSpec(data, ipc, param, loss, opt, model, ev,
                        iterations=r.integer("iterations", minimum=0),
-                       eval_every=r.integer("eval_every", minimum=0), run=run_spec(r),
+                       eval_every=r.integer("eval_every", minimum=0),
+                       run=run_spec(r, loss_divergence=False),
                        resolution=r.resolution(),
                        divergence_limit=(r.number("divergence_limit", 0.0)
                                          if r.has("divergence_limit") else DIVERGENCE_LIMIT))
@@ -253,17 +256,44 @@ def _dc(r: Resolver, ipc: int) -> DCSpec:
                   r.number("loss.dc.lr_net", 0.0), r.integer("loss.dc.batch_train", minimum=1))
 
 
-def _tm(r: Resolver) -> TMSpec:
+def _tm(r: Resolver, data: DataSpec) -> TMSpec:
     buffer_dir = r.path("loss.tm.buffer_dir")
     if not buffer_dir:
         raise SpecError("loss.name=tm needs --config.loss.tm.buffer_dir=DIR (made by "
                         "`jaxdiff experts`)")
-    return TMSpec(buffer_dir, r.integer("loss.tm.syn_steps", minimum=1),
+    spec = TMSpec(buffer_dir, r.integer("loss.tm.syn_steps", minimum=1),
                   r.integer("loss.tm.expert_epochs", minimum=1),
                   r.integer("loss.tm.max_start_epoch", minimum=1),
                   r.number("loss.tm.lr_lr", 0.0), r.number("loss.tm.lr_teacher", 0.0, strict=True),
                   r.integer("loss.tm.batch_syn", minimum=0), r.choice("loss.tm.mode", MODES),
                   r.number("loss.tm.min_syn_lr", 0.0) or None)
+    # the store exists, matches the data and holds the segments TM will read (a UserError
+    # naming the directory otherwise), before the run directory is touched
+    open_experts(buffer_dir, data.name, data.info.image_shape,
+                 max_start_epoch=spec.max_start_epoch, expert_epochs=spec.expert_epochs)
+    return spec
+
+
+def _check_real_init(ipc: int, param: ParamSpec, data: DataSpec) -> None:
+    """Pixel (init real), FreD and DDiF start from distinct real images of every class: refuse
+    an IPC that needs more than the smallest class holds (`jaxdiff.data.train_class_counts`)."""
+    if param.name == "pixel" and param.options.get("init", "real") != "real":
+        return
+    need = param.budget.instances_per_class
+    smallest = int(min(jdata.train_class_counts(data.name)))
+    if need > smallest:
+        fix = (" or --config.param.pixel.init=noise" if param.name == "pixel" else "")
+        raise SpecError(f"config key 'ipc' = {ipc}: param.name={param.name} initialises its "
+                        f"{need} instances per class from distinct real images, but the smallest "
+                        f"class of {data.name} train has {smallest}; lower ipc{fix}")
+
+
+def _momentum(r: Resolver) -> float:
+    """`opt.momentum` in [0, 1): SGD's momentum (1 or more never forgets, so diverges)."""
+    m = r.number("opt.momentum", 0.0)
+    if m >= 1.0:
+        raise SpecError(f"config key 'opt.momentum' = {m:g} must be < 1 (0 = plain SGD)")
+    return m
 
 
 def _lcmat(r: Resolver) -> LCMatSpec:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import numpy as np
+
 from jaxdiff import data as jdata
 from jaxdiff.distill.synset import FILENAME as SYNSET_FILE
+from jaxdiff.distill.synset import load_synset
 from jaxdiff.specs.base import Resolution, Resolver, SpecError
 from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, classifier_spec, data_spec,
                                   dsa_strategy, run_spec)
@@ -62,7 +65,7 @@ def resolve(config) -> EvaluateSpec:
                             f"training split ({smallest} images)")
     synthetic_path = r.path("synthetic_path")
     if source == "synthetic":
-        _check_synset_path(synthetic_path)
+        _check_synset(synthetic_path, data)
     epochs = r.integer("train.epochs", minimum=0)
     eval_epochs = tuple(int(e) for e in r.get("train.eval_epochs"))
     bad = [e for e in eval_epochs if not 1 <= e <= epochs + 1]
@@ -79,12 +82,28 @@ def resolve(config) -> EvaluateSpec:
                         run_spec(r, loop=False), r.resolution(resumable=False))
 
 
-def _check_synset_path(path: str) -> None:
-    """`path` (absolute) must be a saved set: a run directory holding `synthetic.npz`, or the
-    file itself."""
+def _check_synset(path: str, data: DataSpec) -> None:
+    """`path` (absolute) must be a saved set of `data`'s dataset and image shape: a run directory
+    holding `synthetic.npz`, or the file itself."""
     if not path:
         raise SpecError("source=synthetic needs --config.synthetic_path=RUN_DIR_OR_NPZ")
     file = os.path.join(path, SYNSET_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise SpecError(f"config key 'synthetic_path' = {path!r}: no {SYNSET_FILE} there (a run "
                         "directory of `jaxdiff distill` or `jaxdiff evaluate`, or the file)")
+    s = load_synset(file)
+    where = f"config key 'synthetic_path': the set at {file}"
+    if s.dataset != data.name:
+        raise SpecError(f"{where} was made from {s.dataset!r}, but data.name is {data.name!r}; "
+                        f"set --config.data.name={s.dataset}")
+    if tuple(s.images.shape[1:]) != tuple(data.info.image_shape):
+        raise SpecError(f"{where} has images of shape {tuple(s.images.shape[1:])}, the dataset's "
+                        f"at data.image_size={data.image_size or 0} are "
+                        f"{tuple(data.info.image_shape)}; set data.image_size to the set's size")
+    labels = np.asarray(s.labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= data.info.num_classes):
+        raise SpecError(f"{where} has labels in [{labels.min()}, {labels.max()}], outside the "
+                        f"{data.info.num_classes} classes of {data.name}")
+    if s.zca:
+        raise SpecError(f"{where} is in ZCA space; evaluating ZCA-space sets (the test split "
+                        "transformed with the training ZCA) is not wired into `jaxdiff evaluate`")

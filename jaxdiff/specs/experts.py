@@ -51,4 +51,4 @@ def resolve(config) -> ExpertsSpec:
         epochs=r.integer("epochs", minimum=1), lr=r.number("lr", 0.0, strict=True),
         batch_size=r.integer("batch_size", minimum=1),
         dsa_strategy=dsa_strategy(r, "dsa_strategy", data.name),
-        run=run_spec(r, run_dir_key="buffer_dir", loop=False), resolution=r.resolution(resume_safe=("num_experts", "parallel", "buffer_dir")))
+        run=run_spec(r, run_dir_key="buffer_dir", loop=False, loss_divergence=True), resolution=r.resolution(resume_safe=("num_experts", "parallel", "buffer_dir")))

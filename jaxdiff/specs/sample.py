@@ -155,8 +155,7 @@ def _solver(r: Resolver) -> SolverSpec:
         r.derive("solver.name", canon, "solvers.SOLVER_ALIASES")
     hp = {k: r.number(f"solver.{k}") for k in SOLVER_HPARAMS.get(canon, ())}
     return SolverSpec(canon, r.integer("solver.steps", minimum=1),
-                      r.number("solver.sigma_min", 0.0, strict=True),
-                      r.number("solver.sigma_max", 0.0, strict=True),
+                      *r.sigma_range("solver"),
                       r.number("solver.rho", 0.0, strict=True), hp)
 
 

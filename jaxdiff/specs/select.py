@@ -16,6 +16,7 @@ import inspect
 import numpy as np
 
 from jaxdiff import data as jdata
+from jaxdiff.checkpoint import RUN_CONTROL_KEYS
 from jaxdiff.select import methods as M
 from jaxdiff.specs.base import Resolution, Resolver, SpecError
 from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, as_tuple, classifier_spec,
@@ -26,6 +27,9 @@ INPUT_NAMES = ("embeddings", "logits", "correct")
 # A table's rows are keyed by (method, fraction, seed): `--resume` may add or drop methods,
 # fractions and seeds (finished rows are kept, new ones computed); any other change is refused.
 SELECT_RESUME_SAFE = ("select.methods", "select.fractions", "seeds", "pretrain.cache_dir")
+# The `eval` section decides the table's numbers here (for distill it only drives the final
+# evaluation), so it is part of select's identity: a resume with other `eval` values is refused.
+SELECT_IGNORE = tuple(k for k in RUN_CONTROL_KEYS if k != "eval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +113,8 @@ def resolve(config) -> SelectSpec:
     shape = data.info.image_shape
     return SelectSpec(data, r.section("data"), methods, fractions, tuple(seeds), options,
                       per_class, pool, budgets, _pretrain(r, shape), _eval(r, data),
-                      run_spec(r, loop=False),
-                      r.resolution(resume_safe=SELECT_RESUME_SAFE))
+                      run_spec(r, loop=False, loss_divergence=True),
+                      r.resolution(SELECT_IGNORE, resume_safe=SELECT_RESUME_SAFE))
 
 
 def candidate_pool(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
@@ -153,6 +157,11 @@ def _options(r: Resolver) -> dict:
                      and k not in INPUT_NAMES + ("mesh",)]
             raise SpecError(f"config key 'select.options.{name}': unknown option(s) {bad}; "
                             f"valid: {valid}")
+        for k, v in opts.items():
+            try:
+                M.OPTION_CHECKS.get(k, lambda v: v)(v)
+            except (TypeError, ValueError) as e:
+                raise SpecError(f"config key 'select.options.{name}.{k}': {e}") from None
     return options
 
 

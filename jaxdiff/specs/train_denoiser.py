@@ -113,6 +113,5 @@ def _grid(r: Resolver, log_every: int) -> GridSpec:
                         f"{sorted(solvers.SOLVERS) + sorted(solvers.SOLVER_ALIASES)}")
     return GridSpec(every, r.integer("sample.num", minimum=1), name,
                     r.integer("sample.steps", minimum=1),
-                    r.number("sample.sigma_min", 0.0, strict=True),
-                    r.number("sample.sigma_max", 0.0, strict=True),
+                    *r.sigma_range("sample"),
                     r.number("sample.rho", 0.0, strict=True))

@@ -84,8 +84,7 @@ def resolve(config) -> TrainDiscriminatorSpec:
     f, t = "fake", "train"
     fake = FakeSpec(r.integer(f"{f}.num", minimum=1), r.integer(f"{f}.batch_size", minimum=1),
                     r.integer(f"{f}.steps", minimum=1),
-                    r.number(f"{f}.sigma_min", 0.0, strict=True),
-                    r.number(f"{f}.sigma_max", 0.0, strict=True),
+                    *r.sigma_range(f),
                     r.number(f"{f}.rho", 0.0, strict=True))
     train = DiscTrainSpec(r.integer(f"{t}.steps", minimum=1),
                           r.integer(f"{t}.batch_size", minimum=1),

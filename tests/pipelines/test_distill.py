@@ -14,7 +14,8 @@ from jaxdiff.distill.synset import load_synset
 from jaxdiff.pipelines import distill as distill_pipeline
 from jaxdiff.specs import distill as distill_spec
 
-from tests.helpers import MESH_CHANGES, assert_resumed, resume_on_meshes, tiny_distill_config
+from tests.helpers import (MESH_CHANGES, assert_resumed, placeholder_expert_store, resume_on_meshes,
+                           tiny_distill_config)
 
 
 class distill:  # noqa: N801 - the command as the CLI runs it: resolve, then run
@@ -145,9 +146,10 @@ def test_spec_defaults_and_group_learning_rates(tmp_path):
     assert (spec.param.options["depth"], spec.param.options["width"]) == (2, 6)
     # TM tables: FreD's hyper_params (fred.md §6) for pixel/FreD, DDiF's own (ddif.md §6).
     tm_of = lambda s: (s.loss.tm.syn_steps, s.loss.tm.max_start_epoch, s.loss.tm.lr_lr)  # noqa: E731
-    spec = resolved(("param.name", "fred"), ("loss.name", "tm"), ("loss.tm.buffer_dir", "x"))
+    store = placeholder_expert_store(tmp_path / "experts", "cifar10_jpeg", (32, 32, 3))
+    spec = resolved(("param.name", "fred"), ("loss.name", "tm"), ("loss.tm.buffer_dir", store))
     assert tm_of(spec) == (50, 5, 1e-7)
-    spec = resolved(("param.name", "ddif"), ("loss.name", "tm"), ("loss.tm.buffer_dir", "x"))
+    spec = resolved(("param.name", "ddif"), ("loss.name", "tm"), ("loss.tm.buffer_dir", store))
     assert tm_of(spec) == (60, 10, 1e-5) and spec.loss.tm.lr_teacher == 1e-2
     with pytest.raises(ValueError, match="ortho"):
         resolved(("param.name", "fred"), ("param.fred.dct_norm", "ortho"))

@@ -71,9 +71,10 @@ def test_saved_set_is_the_training_set_again(random_run, tmp_path):
 
 
 def test_a_set_of_another_shape_is_refused_naming_the_key(random_run, tmp_path):
-    run_dir, _ = random_run
-    spec = resolve(_config(tmp_path / "bad", ("source", "synthetic"), ("synthetic_path", run_dir),
-                           ("data.image_size", "8"), ("model.depth", "1")))
-    with pytest.raises(SpecError, match=r"'synthetic_path': the set's images have shape "
-                                        r"\(16, 16, 1\), the dataset's \(data.image_size\)"):
-        evaluate.run(spec)
+    run_dir, _ = random_run   # a 16 px set: refused by resolve, before any work or write
+    with pytest.raises(SpecError, match=r"'synthetic_path': the set at .* has images of shape "
+                                        r"\(16, 16, 1\), the dataset's at data.image_size=8 are "
+                                        r"\(8, 8, 1\); set data.image_size"):
+        resolve(_config(tmp_path / "bad", ("source", "synthetic"), ("synthetic_path", run_dir),
+                        ("data.image_size", "8"), ("model.depth", "1")))
+    assert not (tmp_path / "bad").exists()

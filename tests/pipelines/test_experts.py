@@ -93,3 +93,18 @@ def test_pool_split_over_the_devices_equals_one_device_pools(tmp_path, capsys):
     assert [split["experts"][k]["test_accuracy"] for k in sorted(split["experts"])] == \
         pytest.approx([local["experts"][k]["test_accuracy"] for k in sorted(local["experts"])],
                       abs=1e-6)
+
+
+def test_a_diverging_expert_stops_before_its_snapshot(tmp_path):
+    """SGD at lr 100 blows up but stays finite in epoch 1 (mean loss in the thousands, against
+    the limit 100 x log(10) = 230): the run stops with the key named, no expert is complete and
+    epoch 1's snapshot is not written (only the initialisation, epoch 0)."""
+    from jaxdiff.metrics import DivergenceError
+    with pytest.raises(DivergenceError, match=r"diverged at step 1: the mean train loss of "
+                                              r"expert 0 in epoch 1 = .* more than "
+                                              r"divergence_limit = 100 times the chance-level"):
+        _run(_config(tmp_path / "x", lr=100.0, batch_size=64, model=dict(
+            name="convnet", depth=0, width=8, norm="instancenorm")))
+    store = E.ExpertStore(tmp_path / "x")
+    assert len(store) == 0 and store.resume_epoch(0) == 0
+    assert not (tmp_path / "x" / "results.json").exists()

@@ -11,7 +11,7 @@ import pytest
 from jaxdiff import sharding
 from jaxdiff.checkpoint import (Checkpointer, ConfigMismatchError, config_fingerprint,
                                 resume_fingerprints)
-from jaxdiff.metrics import read_metrics
+from jaxdiff.metrics import DivergenceError, read_metrics
 from jaxdiff.pipelines.loop import run_loop
 
 
@@ -145,3 +145,32 @@ def test_nan_stops_loop_and_keeps_last_good_checkpoint(tmp_path):
     step_, state, meta = ck.restore(_toy_init())
     ck.close()
     assert step_ == 5 and np.all(np.asarray(state["w"]) == 5.0)
+
+
+# ---------------------------------------------------------------- divergence
+def _growing_step(state, step):
+    """loss 1 until step 6, then 1000: a run that blew up but stays finite."""
+    loss = jnp.where(step < 6, 1.0, 1000.0)
+    return {"w": state["w"] + 1.0}, {"loss": loss}
+
+
+@pytest.mark.parametrize("limit", [100.0, 0.0])
+def test_a_loss_grown_past_the_limit_stops_before_its_checkpoint(tmp_path, limit):
+    kw = dict(fingerprint="f", checkpoint_every=2, log_every=2, progress=False,
+              divergence_limit=limit)
+    init = {"w": jnp.zeros(())}
+    if not limit:   # 0: never stops
+        _, hist = run_loop(jax.jit(_growing_step), init, 10, run_dir=str(tmp_path), **kw)
+        assert hist[-1]["loss"] == 1000.0
+        return
+    with pytest.raises(DivergenceError, match=r"diverged at step 8: loss = 1000 is more than "
+                                              r"divergence_limit = 100 times its first logged "
+                                              r"value \(1\)"):
+        run_loop(jax.jit(_growing_step), init, 10, run_dir=str(tmp_path), **kw)
+    # the last checkpoint is step 6 (before the divergence), and it resumes from there; the
+    # reference (the first logged loss) comes back with the checkpoint's metrics
+    with Checkpointer(str(tmp_path / "checkpoints")) as ck:
+        assert ck.latest_step() == 6
+    with pytest.raises(DivergenceError, match="diverged at step 8"):
+        run_loop(jax.jit(_growing_step), init, 10, run_dir=str(tmp_path), resume=True, **kw)
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [2, 4, 6]

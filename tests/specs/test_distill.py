@@ -12,7 +12,7 @@ from jaxdiff.pipelines import distill as distill_pipeline
 from jaxdiff.specs import distill as distill_spec
 from jaxdiff.specs.base import SpecError
 
-from tests.helpers import tiny_distill_config
+from tests.helpers import placeholder_expert_store, tiny_distill_config
 
 
 # ----------------------------------------------------------------------------- the resolved spec
@@ -29,12 +29,14 @@ def _old_fill(cfg, **values):
     ([("param.name", "ddif"), ("ipc", "10")],
      {"opt.name": "adam", "opt.momentum": 0.0, "opt.lr": 5e-5, "param.ddif.depth": 2,
       "param.ddif.width": 6, "param.ddif.w0_initial": 30.0, "param.ddif.w0": 40.0}),
-    ([("param.name", "pixel"), ("loss.name", "tm"), ("loss.tm.buffer_dir", "b")],
+    ([("param.name", "pixel"), ("loss.name", "tm"), ("loss.tm.buffer_dir", "STORE")],
      {"opt.name": "sgd", "opt.momentum": 0.5, "opt.lr": 1000.0, "loss.tm.syn_steps": 50,
       "loss.tm.expert_epochs": 2, "loss.tm.max_start_epoch": 5, "loss.tm.lr_lr": 1e-7,
       "loss.tm.lr_teacher": 1e-2}),
 ])
-def test_resolve_fills_the_tables_and_keeps_the_checkpoint_fingerprint(over, filled):
+def test_resolve_fills_the_tables_and_keeps_the_checkpoint_fingerprint(over, filled, tmp_path):
+    store = placeholder_expert_store(tmp_path / "experts", "cifar10_jpeg", (32, 32, 3))
+    over = [(k, store if v == "STORE" else v) for k, v in over]
     config = build_config("distill_cifar10", over)
     before = config.to_dict()
     spec = distill_spec.resolve(config)

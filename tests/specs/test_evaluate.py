@@ -48,7 +48,9 @@ def test_fingerprint_equals_the_old_formula(preset):
 def test_ipc_up_to_the_smallest_class_is_accepted(tmp_path):
     smallest = int(np.bincount(jdata.load("digits", "train", image_size=16).labels).min())
     assert resolve(build_config("evaluate_digits", [("ipc", str(smallest))])).ipc == smallest
-    np.savez(tmp_path / "synthetic.npz", x=0)
+    from jaxdiff.distill.synset import LabelledSet, save_synset
+    save_synset(tmp_path, LabelledSet(np.zeros((2, 16, 16, 1)), np.array([0, 9]), "digits",
+                                      np.zeros(1), np.ones(1)))
     spec = resolve(build_config("evaluate_digits", [("source", "synthetic"),
                                                     ("synthetic_path", str(tmp_path))]))
     assert spec.synthetic_path == str(tmp_path)

@@ -9,6 +9,7 @@ import pytest
 
 from jaxdiff import data as jdata
 from jaxdiff.checkpoint import config_fingerprint
+from jaxdiff.specs.select import SELECT_IGNORE
 from jaxdiff.config_utils import build_config
 from jaxdiff.pipelines.select import pretrain_cache_dir
 from jaxdiff.select.methods import class_budgets
@@ -48,7 +49,9 @@ def test_resolve_notes_derived_values_and_keeps_the_config():
     notes = "\n".join(spec.resolution.notes)
     for line in ("pretrain.model.depth -> 2", "eval.model.depth -> 2", "eval.dsa_strategy -> "):
         assert line in notes
-    assert spec.resolution.fingerprint == config_fingerprint(config)
+    # `eval` decides select's numbers, so unlike distill's it is part of the identity
+    assert spec.resolution.fingerprint == config_fingerprint(config, SELECT_IGNORE)
+    assert "eval" not in SELECT_IGNORE and "progress" in SELECT_IGNORE
 
 
 def test_pool_and_budgets():
