@@ -43,7 +43,7 @@ from jaxdiff.files import fingerprint
 # total length (an lr schedule over `iterations`) must pass their own `ignore`.
 RUN_CONTROL_KEYS = ("resume", "progress", "log_every", "checkpoint_every", "run_dir",
                     "iterations", "num_steps", "eval", "eval_every", "sample_every",
-                    "divergence_limit")
+                    "divergence_limit", "class_chunk")
 
 
 # Config keys that choose the devices a run computes on, not what it computes: a checkpoint is

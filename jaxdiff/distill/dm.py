@@ -34,7 +34,7 @@ from jaxdiff.models.functional import apply
 
 def make_dm_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Callable,
                  augment: Callable | None, *, batch_real: int, num_classes: int,
-                 per_class: int, place: Placement) -> DistillStep:
+                 per_class: int, place: Placement, class_chunk: int = 0) -> DistillStep:
     """The DM step.
 
     Args:
@@ -45,6 +45,8 @@ def make_dm_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Ca
       batch_real: real images per class per iteration.
       num_classes, per_class: C and the synthetic instances per class (N = C * per_class).
       place: sharding of the synthetic set and the real batch.
+      class_chunk: embed the real batches this many classes at a time (0 = all at once;
+        `losses.map_class_chunks`): bounds the peak memory by the chunk, not the class count.
 
     `update(state, step, static, mean [Ch], std [Ch], real [1, C, batch_real, H, W, Ch] uint8)`,
     `real` the batch of `real_keys(step_key)` (`real_pool.real_batches`).
@@ -66,7 +68,8 @@ def make_dm_step(param: Parameterisation, opt: InstanceOptimizer, make_model: Ca
         def loss_fn(p):
             syn = place.syn(param.decode(p, static)).reshape(num_classes, per_class,
                                                              *real.shape[2:])
-            return losses.distribution_matching_loss(embed, syn, real, k_aug, augment)
+            return losses.distribution_matching_loss(embed, syn, real, k_aug, augment,
+                                                     class_chunk=class_chunk)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = opt.update(grads, state.opt, state.params)

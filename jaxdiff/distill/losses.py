@@ -35,12 +35,37 @@ def _flat(x):
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
+def map_class_chunks(fn: Callable[..., Any], xs: tuple, chunk: int = 0) -> Any:
+    """`fn(*xs)` for per-class inputs `xs` (every leaf's leading axis is the class, C), computed
+    `chunk` classes at a time: peak memory of `fn` over `chunk` classes instead of all C.
+
+    The groups run in sequence (`lax.map`); when `chunk` does not divide C the last group is
+    filled up with the first classes again and their rows are dropped. `fn` must treat classes
+    independently (its output row c depends only on input row c). `chunk` 0 or >= C: one call,
+    exactly `fn(*xs)`. Returns `fn`'s output pytree, leaves `[C, ...]`.
+    """
+    num = jax.tree.leaves(xs)[0].shape[0]
+    if not chunk or chunk >= num:
+        return fn(*xs)
+    groups = -(-num // chunk)
+    fill = groups * chunk - num
+
+    def grouped(a):
+        a = jnp.concatenate([a, a[:fill]]) if fill else a
+        return a.reshape(groups, chunk, *a.shape[1:])
+
+    out = jax.lax.map(lambda g: fn(*g), jax.tree.map(grouped, xs))
+    return jax.tree.map(lambda a: a.reshape(groups * chunk, *a.shape[2:])[:num], out)
+
+
 def distribution_matching_loss(
     embed: Callable[[jax.Array], jax.Array],
     syn_by_class: jax.Array,
     real_by_class: jax.Array,
     key: jax.Array,
     augment: Augment | None = None,
+    *,
+    class_chunk: int = 0,
 ) -> jax.Array:
     """DM loss Σ_c ‖mean_i φ(A(x^real_c,i)) − mean_j φ(A(x^syn_c,j))‖²  (dd-common.md §7.2).
 
@@ -51,6 +76,9 @@ def distribution_matching_loss(
       real_by_class: `[C, B, H, W, Ch]` real images (treated as constants).
       key: class c's siamese DSA draw uses `fold_in(key, c)`.
       augment: siamese-capable DSA `augment(key, images, siamese=True)`, or None.
+      class_chunk: embed the real batches `class_chunk` classes at a time (`map_class_chunks`;
+        0 = all at once). The real side holds C x B images against the synthetic side's C x n,
+        so it sets the peak memory; the synthetic side stays one batch.
 
     Returns:
       scalar loss, summed over classes and feature dimensions.
@@ -58,9 +86,14 @@ def distribution_matching_loss(
     num_classes = syn_by_class.shape[0]
     keys = sample_keys(key, num_classes)
     syn = siamese_by_class(augment, keys, syn_by_class)
-    real = siamese_by_class(augment, keys, jax.lax.stop_gradient(real_by_class))
     f_syn = embed(_flat(syn)).reshape(num_classes, syn.shape[1], -1).mean(axis=1)
-    f_real = jax.lax.stop_gradient(embed(_flat(real)).reshape(num_classes, real.shape[1], -1).mean(axis=1))
+
+    def real_features(k, x):   # [K] keys, [K, B, H, W, Ch] -> [K, F]
+        x = siamese_by_class(augment, k, x)
+        return embed(_flat(x)).reshape(x.shape[0], x.shape[1], -1).mean(axis=1)
+
+    f_real = jax.lax.stop_gradient(map_class_chunks(
+        real_features, (keys, jax.lax.stop_gradient(real_by_class)), class_chunk))
     return jnp.sum(jnp.square(f_real - f_syn))
 
 
@@ -103,9 +136,11 @@ def class_gradient(apply: Callable[[Any, jax.Array], jax.Array], params: Any, im
 
 
 def class_gradients(apply: Callable[[Any, jax.Array], jax.Array], params: Any,
-                    images_by_class: jax.Array) -> Any:
-    """`class_gradient` of every class of `[C, B, H, W, Ch]`, vmapped: leaves `[C, ...]`."""
-    classes = jnp.arange(images_by_class.shape[0])
+                    images_by_class: jax.Array, classes: jax.Array | None = None) -> Any:
+    """`class_gradient` of every class of `[C, B, H, W, Ch]`, vmapped: leaves `[C, ...]`;
+    `classes [C]` the labels (default 0..C-1)."""
+    if classes is None:
+        classes = jnp.arange(images_by_class.shape[0])
     return jax.vmap(lambda x, c: class_gradient(apply, params, x, c))(images_by_class, classes)
 
 
@@ -117,6 +152,8 @@ def gradient_matching_loss(
     key: jax.Array,
     augment: Augment | None = None,
     metric: str = "ours",
+    *,
+    class_chunk: int = 0,
 ) -> jax.Array:
     """DC/DSA loss Σ_c D(∇_θ CE(θ; A(x^syn_c), c), ∇_θ CE(θ; A(x^real_c), c))  (dd-common.md §5.3).
 
@@ -126,6 +163,8 @@ def gradient_matching_loss(
       syn_by_class: `[C, n, H, W, Ch]`, differentiable; real_by_class: `[C, B, H, W, Ch]`.
       key: class c's siamese DSA draw uses `fold_in(key, c)`.
       metric: 'ours' (layer-wise, the default), 'mse' or 'cos'.
+      class_chunk: take the real batches' gradients `class_chunk` classes at a time
+        (`map_class_chunks`; 0 = all at once): they set the peak memory (C x B images).
 
     Returns:
       scalar loss summed over classes. Differentiating it w.r.t. the synthetic images is a
@@ -134,8 +173,13 @@ def gradient_matching_loss(
     num_classes = syn_by_class.shape[0]
     keys = sample_keys(key, num_classes)
     syn = siamese_by_class(augment, keys, syn_by_class)
-    real = siamese_by_class(augment, keys, jax.lax.stop_gradient(real_by_class))
-    g_real = jax.lax.stop_gradient(class_gradients(apply, params, real))
+
+    def real_gradients(k, x, c):   # [K] keys, [K, B, ...] images, [K] labels -> leaves [K, ...]
+        return class_gradients(apply, params, siamese_by_class(augment, k, x), c)
+
+    g_real = jax.lax.stop_gradient(map_class_chunks(
+        real_gradients, (keys, jax.lax.stop_gradient(real_by_class), jnp.arange(num_classes)),
+        class_chunk))
     g_syn = class_gradients(apply, params, syn)
     per_class = jax.vmap(lambda a, b: gradient_distance(a, b, metric))(g_syn, g_real)
     return jnp.sum(per_class)

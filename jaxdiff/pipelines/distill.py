@@ -138,8 +138,9 @@ def _method_step(spec: DistillSpec, param, opt, make_model, place, experts, k_in
                        place=place)
     siamese = dsa.siamese_augment(loss.dsa_strategy)
     if loss.name == "dm":
-        return dm.make_dm_step(param, opt, make_model, siamese, **common_args)
-    match = dc.losses.gradient_matching_loss
+        return dm.make_dm_step(param, opt, make_model, siamese, class_chunk=loss.class_chunk,
+                               **common_args)
+    match = functools.partial(dc.losses.gradient_matching_loss, class_chunk=loss.class_chunk)
     if loss.name == "lcmat":
         lc = loss.lcmat
         match = functools.partial(lcmat_loss, rho=lc.rho, weight=lc.weight,

@@ -86,6 +86,7 @@ class LossSpec:
     dc: DCSpec | None
     tm: TMSpec | None
     lcmat: LCMatSpec | None
+    class_chunk: int = 0   # DM/DC: real batches processed this many classes at a time (0 = all)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,8 @@ def resolve(config) -> DistillSpec:
     loss = LossSpec(loss_name, _batch_real(r, data), dsa_strategy(r, "loss.dsa_strategy", data.name),
                     _dc(r, ipc) if loss_name in ("dc", "lcmat") else None,
                     _tm(r, data) if loss_name == "tm" else None,
-                    _lcmat(r) if loss_name == "lcmat" else None)
+                    _lcmat(r) if loss_name == "lcmat" else None,
+                    _class_chunk(r, loss_name))
     opt = OptSpec(r.choice("opt.name", OPTIMIZERS), r.number("opt.lr", 0.0),
                   _momentum(r), r.flag("opt.masked"),
                   _group_lr(r, PARAM_GROUPS[param_name]))
@@ -286,6 +288,19 @@ def _check_real_init(ipc: int, param: ParamSpec, data: DataSpec) -> None:
         raise SpecError(f"config key 'ipc' = {ipc}: param.name={param.name} initialises its "
                         f"{need} instances per class from distinct real images, but the smallest "
                         f"class of {data.name} train has {smallest}; lower ipc{fix}")
+
+
+def _class_chunk(r: Resolver, loss: str) -> int:
+    """`class_chunk` (absent or 0: all classes in one call): DM and DC embed / take the
+    gradients of the real batches this many classes at a time, bounding the peak memory by the
+    chunk instead of the class count. The loss is the same up to float rounding, so like the
+    device count it is a run-control key (a resume may change it). LCMat-C's global
+    perturbation needs every class's real gradient at once, so it takes no chunk."""
+    chunk = r.integer("class_chunk", minimum=0) if r.has("class_chunk") else 0
+    if chunk and loss not in ("dm", "dc"):
+        raise SpecError(f"config key 'class_chunk' = {chunk}: only loss.name dm and dc "
+                        f"process classes in chunks, not {loss!r}; set it to 0")
+    return chunk
 
 
 def _momentum(r: Resolver) -> float:

@@ -123,6 +123,23 @@ def test_cli_rejects_unknown_key_and_bad_choice(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("loss", ["dm", "dc"])
+def test_real_batches_in_class_chunks_give_the_same_run(tmp_path, loss):
+    """class_chunk 3 of 10 classes (groups 3, 3, 3, 1) against all at once, 8 devices: the same
+    synthetic set up to float rounding; a resume may change the chunk (run control)."""
+    over = {"param.name": "pixel", "ipc": 1, "eval.num_runs": 0, "iterations": 3,
+            "opt.name": "sgd", "opt.lr": 0.5, "loss.name": loss, "loss.dc.outer": 2,
+            "loss.dc.inner": 1, "loss.dc.batch_train": 8, "num_devices": 8}
+    distill.run(tiny_distill_config(tmp_path / "all", **over))
+    distill.run(tiny_distill_config(tmp_path / "chunks", class_chunk=3, **over))
+    a = np.load(tmp_path / "all" / "params.npz")["params/images"]
+    b = np.load(tmp_path / "chunks" / "params.npz")["params/images"]
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="'class_chunk' = 2: only loss.name dm and dc"):
+        distill.run(tiny_distill_config(tmp_path / "lc", class_chunk=2,
+                                        **{**over, "loss.name": "lcmat"}))
+
+
+@pytest.mark.parametrize("loss", ["dm", "dc"])
 def test_one_and_eight_devices_agree(tmp_path, loss):
     # pixel IPC 4: 40 instances and 8 real images per class both split over 8 devices.
     over = {"param.name": "pixel", "ipc": 4, "eval.num_runs": 0, "iterations": 3,
