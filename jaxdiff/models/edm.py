@@ -1,0 +1,549 @@
+"""Flax NNX port of NVlabs/edm's SongUNet (DDPM++ configuration) with the EDM preconditioner,
+loading official EDM network pickles (`edm-*.pkl`, `network-snapshot-*.pkl`) without PyTorch.
+
+Semantics follow shared/specs/edm-checkpoints.md, sections 2-4 (written from the spec, not from
+upstream code). Supported: `EDMPrecond` wrapping `SongUNet` with embedding_type 'positional',
+encoder_type 'standard', decoder_type 'standard' (the DDPM++ / "vp" official models). Anything
+else (NCSN++: fourier / residual; 'skip' encoders or decoders; DhariwalUNet; VP/VE/iDDPM
+preconditioners) raises `ValueError` naming the option.
+
+Layout: activations are NHWC float32 inside (upstream is NCHW); sigma is [N]; class labels are
+one-hot [N, label_dim] or None (a zero row is used when the net is conditional, as upstream).
+
+    denoise, meta = from_edm_pickle(path)
+    out = denoise(x_nhwc, sigma, class_labels)          # jitted; closes over meta['params']
+    out = meta['apply'](meta['params'], x, sigma, labels)  # same, params passed explicitly
+    f_x = meta['apply_raw'](meta['params'], x_in, c_noise, labels)  # the SongUNet alone
+
+`denoise` closes over the imported parameters (a jitted `apply` partially applied to them). When
+calling from inside your own `jax.jit`, prefer `meta['apply']` with `meta['params']` as an
+argument: a closed-over 55M-parameter pytree would otherwise be baked into the program as constants.
+
+Parameter mapping (one to one): the Flax module tree mirrors the torch module tree attribute for
+attribute. `EDMPrecondNet.model` is the SongUNet, its `enc` / `dec` are `nnx.Dict`s keyed by the
+official block names ('16x16_conv', '8x8_block0', ...), and every layer stores its arrays under the
+torch array names. So the torch dotted name IS the Flax path (`name.split('.')`); only the layouts
+change (`torch_to_flax`):
+
+| torch name (suffix) | torch layout | Flax path | Flax layout |
+| --- | --- | --- | --- |
+| `model.map_label.weight`, `map_augment.weight`, `map_layer{0,1}.weight`, `*.affine.weight` (Linear) | [out, in] | same path | [in, out] (transpose) |
+| `*.bias` (Linear, Conv2d, GroupNorm) | [C] | same path | [C] |
+| `*.weight` of a Conv2d (`*_conv`, `conv0`, `conv1`, `skip`, `proj`) | OIHW | same path | HWIO (transpose 2,3,1,0) |
+| `*.qkv.weight` | OIHW, output rows interleaved (head, c, {q,k,v}) | same path | HWIO, output columns [q | k | v], each head-major |
+| `*.qkv.bias` | [3C] interleaved | same path | [3C] as [q | k | v] |
+| `*.norm{0,1,2}.weight`, `*_aux_norm.weight` (GroupNorm scale) | [C] | same path | [C] |
+| `*.resample_filter` (buffer) | [1, 1, k, k] | same path (`nnx.Variable`, not a Param) | [k, k] |
+
+The qkv permutation: torch output channel `(h*d + c)*3 + s` (s = 0 q, 1 k, 2 v) becomes Flax
+column `s*C + h*d + c`, i.e. `w_flax[..., s*C + j] = w_torch[3*j + s]` (`_QKV_PERM`).
+
+`from_edm_pickle` builds the network from the recorded constructor kwargs (not from the arrays),
+then checks that the state dict and the Flax state correspond exactly (same set of paths, same
+shapes after conversion) and that per-layer attributes recorded in the pickle (up/down, num_heads,
+GroupNorm groups/eps, skip_scale) agree with the rebuilt architecture.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_HI = jax.lax.Precision.HIGHEST  # GPU/TPU default precision gives ~1e-3 errors (fixture README)
+_DN = ("NHWC", "HWIO", "NHWC")
+
+# SongUNet constructor defaults (used for kwargs an EDM pickle does not record).
+SONG_UNET_DEFAULTS = dict(
+    label_dim=0, augment_dim=0, model_channels=128, channel_mult=(1, 2, 2, 2),
+    channel_mult_emb=4, num_blocks=4, attn_resolutions=(16,), dropout=0.10, label_dropout=0,
+    embedding_type="positional", channel_mult_noise=1, encoder_type="standard",
+    decoder_type="standard", resample_filter=(1, 1),
+)
+SONG_UNET_EPS = 1e-6
+SONG_UNET_SKIP_SCALE = math.sqrt(0.5)
+
+
+def _var(shape, dtype=jnp.float32):
+    return jnp.zeros(shape, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers (torch array names, Flax layouts)
+
+class Linear(nnx.Module):
+    """y = x @ weight + bias; `weight` [in, out] (torch's [out, in] transposed)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nnx.Param(_var((in_features, out_features)))
+        self.bias = nnx.Param(_var((out_features,))) if bias else None
+
+    def __call__(self, x):
+        y = jnp.matmul(x, self.weight[...], precision=_HI)
+        return y if self.bias is None else y + self.bias[...]
+
+
+def _resample_kernel(f: Sequence[float]) -> np.ndarray:
+    f = np.asarray(f, np.float32)
+    return (np.outer(f, f) / np.square(f.sum())).astype(np.float32)
+
+
+def _depthwise(x, k2d, *, stride=1, lhs_dilation=1, padding=0):
+    """Per-channel 2-D convolution of NHWC x with the [k, k] kernel k2d."""
+    c = x.shape[-1]
+    kern = jnp.broadcast_to(k2d[:, :, None, None], k2d.shape + (1, c)).astype(x.dtype)
+    return jax.lax.conv_general_dilated(
+        x, kern, window_strides=(stride, stride), padding=[(padding, padding)] * 2,
+        lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=_DN,
+        feature_group_count=c, precision=_HI)
+
+
+class Conv2d(nnx.Module):
+    """EDM's Conv2d: optional up/down FIR resampler (buffer `resample_filter`, [k, k]), then a
+    kh x kw conv (`weight` HWIO) with zero padding kh // 2 and `bias`. kernel 0 = resampler only.
+    `fused_resample` is not supported (only NCSN++ uses it)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, *, bias: bool = True,
+                 up: bool = False, down: bool = False, resample_filter=(1, 1),
+                 fused_resample: bool = False):
+        if up and down:
+            raise ValueError("Conv2d: up and down are exclusive")
+        if fused_resample and (up or down):
+            raise ValueError("Conv2d: fused_resample (NCSN++ aux_residual) is not supported yet")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.up, self.down, self.kernel = up, down, kernel
+        self.weight = nnx.Param(_var((kernel, kernel, in_channels, out_channels))) if kernel else None
+        self.bias = nnx.Param(_var((out_channels,))) if kernel and bias else None
+        if up or down:
+            self.resample_filter = nnx.Variable(jnp.asarray(_resample_kernel(resample_filter)))
+        else:
+            self.resample_filter = None
+
+    def __call__(self, x):
+        if self.resample_filter is not None:
+            k2 = self.resample_filter[...]
+            k = k2.shape[0]
+            p = (k - 1) // 2
+            if self.down:
+                x = _depthwise(x, k2, stride=2, padding=p)
+            else:  # transposed conv with 4K, stride 2, torch padding p (K symmetric: no flip)
+                x = _depthwise(x, 4.0 * k2[::-1, ::-1], lhs_dilation=2, padding=k - 1 - p)
+        if self.weight is not None:
+            w = self.weight[...]
+            p = w.shape[0] // 2
+            x = jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p)] * 2,
+                                             dimension_numbers=_DN, precision=_HI)
+        if self.bias is not None:
+            x = x + self.bias[...]
+        return x
+
+
+class GroupNorm(nnx.Module):
+    """torch GroupNorm (two-pass biased variance, eps inside the sqrt); groups min(32, C // 4)."""
+
+    def __init__(self, num_channels: int, *, num_groups: int = 32, min_channels_per_group: int = 4,
+                 eps: float = 1e-5):
+        self.num_groups = min(num_groups, num_channels // min_channels_per_group)
+        self.eps = eps
+        self.weight = nnx.Param(_var((num_channels,)))
+        self.bias = nnx.Param(_var((num_channels,)))
+
+    def __call__(self, x):
+        n, h, w, c = x.shape
+        g = x.reshape(n, h, w, self.num_groups, c // self.num_groups)
+        mean = g.mean(axis=(1, 2, 4), keepdims=True)
+        var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
+        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
+        return g.reshape(n, h, w, c) * self.weight[...] + self.bias[...]
+
+
+def positional_embedding(t, num_channels: int, max_positions: int = 10000, endpoint: bool = False):
+    """[N] -> [N, num_channels]: [cos(t f), sin(t f)], f_i = (1/max_positions)^(i/(n/2 - e))."""
+    half = num_channels // 2
+    i = jnp.arange(half, dtype=jnp.float32) / (half - (1 if endpoint else 0))
+    freqs = jnp.power(jnp.float32(1.0 / max_positions), i)
+    arg = t.astype(jnp.float32)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=1)
+
+
+def attention(qkv, num_heads: int):
+    """qkv [N, H, W, 3C] laid out [q | k | v] (head-major in each) -> [N, H, W, C].
+    score = q.k / sqrt(C/heads), softmax over keys in float32."""
+    n, h, w, c3 = qkv.shape
+    c = c3 // 3
+    d = c // num_heads
+    q, k, v = (a.reshape(n, h * w, num_heads, d).astype(jnp.float32)
+               for a in jnp.split(qkv, 3, axis=-1))
+    s = jnp.einsum("nihd,njhd->nhij", q, k / np.float32(np.sqrt(d)), precision=_HI)
+    wts = jax.nn.softmax(s, axis=-1)
+    o = jnp.einsum("nhij,njhd->nihd", wts, v, precision=_HI)
+    return o.reshape(n, h, w, c).astype(qkv.dtype)
+
+
+class UNetBlock(nnx.Module):
+    """SongUNet residual block (adaptive_scale False, skip_scale sqrt(0.5), eps 1e-6)."""
+
+    def __init__(self, in_channels: int, out_channels: int, emb_channels: int, *,
+                 up: bool = False, down: bool = False, attention: bool = False,
+                 resample_filter=(1, 1), eps: float = SONG_UNET_EPS,
+                 skip_scale: float = SONG_UNET_SKIP_SCALE):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.num_heads = 1 if attention else 0  # SongUNet: always one head
+        self.skip_scale = skip_scale
+        rf = dict(resample_filter=resample_filter)
+        self.norm0 = GroupNorm(in_channels, eps=eps)
+        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, **rf)
+        self.affine = Linear(emb_channels, out_channels)
+        self.norm1 = GroupNorm(out_channels, eps=eps)
+        self.conv1 = Conv2d(out_channels, out_channels, 3)
+        if out_channels != in_channels or up or down:  # resample_proj=True in SongUNet
+            self.skip = Conv2d(in_channels, out_channels, 1, up=up, down=down, **rf)
+        else:
+            self.skip = None
+        if self.num_heads:
+            self.norm2 = GroupNorm(out_channels, eps=eps)
+            self.qkv = Conv2d(out_channels, out_channels * 3, 1)
+            self.proj = Conv2d(out_channels, out_channels, 1)
+        else:
+            self.norm2 = self.qkv = self.proj = None
+
+    def __call__(self, x, emb):
+        orig = x
+        x = self.conv0(jax.nn.silu(self.norm0(x)))
+        a = self.affine(emb)[:, None, None, :]
+        x = jax.nn.silu(self.norm1(x + a))
+        x = self.conv1(x)  # dropout: eval mode
+        x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
+        if self.num_heads:
+            a = attention(self.qkv(self.norm2(x)), self.num_heads)
+            x = (self.proj(a) + x) * self.skip_scale
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# SongUNet and the preconditioner
+
+def _check_supported(kw: dict) -> None:
+    bad = {"embedding_type": "positional", "encoder_type": "standard", "decoder_type": "standard"}
+    for key, want in bad.items():
+        if kw[key] != want:
+            raise ValueError(f"SongUNet {key}={kw[key]!r} is not supported yet (only the DDPM++ "
+                             f"configuration, {key}={want!r}; NCSN++ is later work)")
+
+
+class SongUNet(nnx.Module):
+    """SongUNet, DDPM++ configuration. `__call__(x [N,H,W,C], c_noise [N], class_labels
+    [N, label_dim] | None, augment_labels [N, augment_dim] | None) -> [N,H,W,out_channels]`."""
+
+    def __init__(self, img_resolution: int, in_channels: int, out_channels: int, **kwargs):
+        unknown = set(kwargs) - set(SONG_UNET_DEFAULTS)
+        if unknown:
+            raise ValueError(f"SongUNet: unsupported constructor arguments {sorted(unknown)}")
+        kw = {**SONG_UNET_DEFAULTS, **kwargs}
+        _check_supported(kw)
+        self.config = dict(img_resolution=img_resolution, in_channels=in_channels,
+                           out_channels=out_channels, **kw)
+        mc, rf = kw["model_channels"], tuple(kw["resample_filter"])
+        emb_ch = mc * kw["channel_mult_emb"]
+        noise_ch = mc * kw["channel_mult_noise"]
+        self.noise_channels = noise_ch
+        self.label_dim, self.augment_dim = kw["label_dim"], kw["augment_dim"]
+        attn_res = set(kw["attn_resolutions"])
+        mult, nb = list(kw["channel_mult"]), kw["num_blocks"]
+        block = functools.partial(UNetBlock, emb_channels=emb_ch, resample_filter=rf)
+
+        # map_noise (PositionalEmbedding) has no arrays.
+        self.map_label = Linear(self.label_dim, noise_ch) if self.label_dim else None
+        self.map_augment = (Linear(self.augment_dim, noise_ch, bias=False)
+                            if self.augment_dim else None)
+        self.map_layer0 = Linear(noise_ch, emb_ch)
+        self.map_layer1 = Linear(emb_ch, emb_ch)
+
+        enc: dict[str, nnx.Module] = {}
+        cout = in_channels
+        for level, m in enumerate(mult):
+            res = img_resolution >> level
+            if level == 0:
+                enc[f"{res}x{res}_conv"] = Conv2d(cout, mc, 3)
+                cout = mc
+            else:
+                enc[f"{res}x{res}_down"] = block(cout, cout, down=True)
+            for idx in range(nb):
+                cin, cout = cout, mc * m
+                enc[f"{res}x{res}_block{idx}"] = block(cin, cout, attention=res in attn_res)
+        skips = [b.out_channels for b in enc.values()]
+
+        dec: dict[str, nnx.Module] = {}
+        for level in reversed(range(len(mult))):
+            res = img_resolution >> level
+            if level == len(mult) - 1:
+                dec[f"{res}x{res}_in0"] = block(cout, cout, attention=True)
+                dec[f"{res}x{res}_in1"] = block(cout, cout)
+            else:
+                dec[f"{res}x{res}_up"] = block(cout, cout, up=True)
+            for idx in range(nb + 1):
+                cin, cout = cout + skips.pop(), mc * mult[level]
+                dec[f"{res}x{res}_block{idx}"] = block(
+                    cin, cout, attention=(idx == nb and res in attn_res))
+            if level == 0:
+                dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=SONG_UNET_EPS)
+                dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3)
+        # Python dicts keep insertion order; the forward walk relies on it (spec 4.7).
+        self.enc_order = tuple(enc)
+        self.dec_order = tuple(dec)
+        self.enc = nnx.Dict(enc)
+        self.dec = nnx.Dict(dec)
+
+    def mapping(self, c_noise, class_labels=None, augment_labels=None):
+        n = c_noise.shape[0]
+        e = positional_embedding(c_noise, self.noise_channels, endpoint=True)
+        e = e.reshape(n, 2, -1)[:, ::-1].reshape(n, -1)  # SongUNet swaps to [sin, cos]
+        if self.map_label is not None:
+            if class_labels is None:
+                class_labels = jnp.zeros((1, self.label_dim), jnp.float32)
+            labels = class_labels.astype(jnp.float32) * np.float32(np.sqrt(self.label_dim))
+            e = e + self.map_label(labels)
+        if self.map_augment is not None and augment_labels is not None:
+            e = e + self.map_augment(augment_labels.astype(jnp.float32))
+        e = jax.nn.silu(self.map_layer0(e))
+        return jax.nn.silu(self.map_layer1(e))
+
+    def __call__(self, x, c_noise, class_labels=None, augment_labels=None):
+        emb = self.mapping(c_noise, class_labels, augment_labels)
+        skips = []
+        for name in self.enc_order:
+            blk = self.enc[name]
+            x = blk(x, emb) if isinstance(blk, UNetBlock) else blk(x)
+            skips.append(x)
+        out = None
+        for name in self.dec_order:
+            blk = self.dec[name]
+            if name.endswith("_aux_norm"):
+                tmp = blk(x)
+            elif name.endswith("_aux_conv"):
+                tmp = blk(jax.nn.silu(tmp))
+                out = tmp if out is None else out + tmp
+            else:
+                if "_block" in name:
+                    x = jnp.concatenate([x, skips.pop()], axis=-1)  # x first
+                if x.shape[-1] != blk.in_channels:
+                    raise ValueError(f"dec.{name}: got {x.shape[-1]} channels, "
+                                     f"expected {blk.in_channels}")
+                x = blk(x, emb)
+        return out
+
+
+def edm_scalings(sigma, sigma_data):
+    """EDMPrecond: (c_skip, c_out, c_in, c_noise) for sigma [N]."""
+    sigma = sigma.astype(jnp.float32)
+    sd = jnp.float32(sigma_data)
+    c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
+    c_out = sigma * sd / jnp.sqrt(sigma ** 2 + sd ** 2)
+    c_in = 1 / jnp.sqrt(sd ** 2 + sigma ** 2)
+    c_noise = jnp.log(sigma) / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class EDMPrecondNet(nnx.Module):
+    """EDMPrecond around a SongUNet (`self.model`, the torch child name).
+    `__call__(x [N,H,W,C], sigma [N], class_labels) -> D(x; sigma)` in float32."""
+
+    def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0,
+                 sigma_data: float = 0.5, sigma_min: float = 0.0, sigma_max: float = float("inf"),
+                 model_type: str = "SongUNet", use_fp16: bool = False, **model_kwargs):
+        if model_type != "SongUNet":
+            raise ValueError(f"EDMPrecond model_type={model_type!r} is not supported yet "
+                             f"(only SongUNet; DhariwalUNet is later work)")
+        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
+        self.label_dim = label_dim
+        self.model = SongUNet(img_resolution, img_channels, img_channels, label_dim=label_dim,
+                              **model_kwargs)
+
+    def raw(self, x_in, c_noise, class_labels=None):
+        return self.model(x_in, c_noise, class_labels)
+
+    def __call__(self, x, sigma, class_labels=None):
+        x = x.astype(jnp.float32)
+        sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32).reshape(-1), (x.shape[0],))
+        if self.label_dim == 0:
+            class_labels = None
+        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
+        b = lambda c: c[:, None, None, None]
+        f = self.model(b(c_in) * x, c_noise, class_labels)
+        return b(c_skip) * x + b(c_out) * f.astype(jnp.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight conversion
+
+def _qkv_perm(three_c: int) -> np.ndarray:
+    """Torch qkv output index for each Flax column: Flax column s*C + j <- torch row 3*j + s."""
+    c = three_c // 3
+    return np.arange(three_c).reshape(c, 3).T.reshape(-1)
+
+
+def torch_to_flax(name: str, array: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+    """Map one torch state-dict entry to (Flax path, array in Flax layout). See module docstring."""
+    path = tuple(name.split("."))
+    a = np.asarray(array, np.float32)
+    leaf = path[-1]
+    if leaf == "resample_filter":
+        if a.ndim != 4 or a.shape[:2] != (1, 1):
+            raise ValueError(f"{name}: expected a [1, 1, k, k] resample filter, got {a.shape}")
+        return path, a[0, 0].copy()
+    is_qkv = len(path) >= 2 and path[-2] == "qkv"
+    if leaf == "weight" and a.ndim == 4:  # Conv2d OIHW -> HWIO
+        if is_qkv:
+            a = a[_qkv_perm(a.shape[0])]
+        return path, np.ascontiguousarray(a.transpose(2, 3, 1, 0))
+    if leaf == "weight" and a.ndim == 2:  # Linear [out, in] -> [in, out]
+        return path, np.ascontiguousarray(a.T)
+    if leaf in ("weight", "bias") and a.ndim == 1:  # biases, GroupNorm scale
+        if is_qkv:
+            a = a[_qkv_perm(a.shape[0])]
+        return path, a.copy()
+    raise ValueError(f"{name}: no conversion rule for a {a.ndim}-d {leaf!r} array")
+
+
+def _flat_state(module: nnx.Module) -> dict[tuple[str, ...], Any]:
+    """Flax path (str keys) -> variable value (array or ShapeDtypeStruct), Params and buffers."""
+    graphdef, state = nnx.split(module)
+    out = {}
+    for path, v in nnx.to_flat_state(state):
+        out[tuple(str(p) for p in path)] = v
+    return out
+
+
+def convert_state_dict(module: nnx.Module, sd: dict[str, np.ndarray]) -> dict:
+    """Convert a torch state dict to {Flax path: array}, checking the mapping is one to one:
+    every torch array lands on a distinct Flax variable of the same shape, and every Flax
+    variable is covered. Raises ValueError listing missing / unexpected names otherwise."""
+    target = _flat_state(module)
+    converted, problems = {}, []
+    for name, arr in sd.items():
+        path, a = torch_to_flax(name, arr)
+        if path not in target:
+            problems.append(f"unexpected (no Flax variable): {name}")
+            continue
+        if path in converted:
+            problems.append(f"two torch arrays map to {'.'.join(path)}")
+            continue
+        want = tuple(target[path].get_value().shape)
+        if a.shape != want:
+            problems.append(f"{name}: shape {a.shape} (converted) != Flax {want}")
+            continue
+        converted[path] = a
+    for path in target:
+        if path not in converted:
+            problems.append(f"missing (no torch array): {'.'.join(path)}")
+    if problems:
+        raise ValueError("EDM state dict does not match the rebuilt network:\n  "
+                         + "\n  ".join(problems))
+    return converted
+
+
+def _check_records(net: EDMPrecondNet, modules: dict) -> None:
+    """Compare per-layer attributes recorded in the pickle with the rebuilt architecture."""
+    problems = []
+    for name, rec in modules.items():
+        at = rec.attrs
+        if rec.class_name == "PositionalEmbedding":  # no arrays, so no Flax module
+            if at.get("endpoint") is not True or at.get("max_positions") != 10000:
+                problems.append(f"{name}: endpoint/max_positions differ")
+            continue
+        parts = name.split(".")
+        obj = net
+        try:
+            for p in parts:
+                if p:
+                    obj = obj[p] if isinstance(obj, nnx.Dict) else getattr(obj, p)
+        except (AttributeError, KeyError):
+            problems.append(f"{name}: {rec.class_name} has no Flax counterpart")
+            continue
+        if obj is None:
+            problems.append(f"{name}: {rec.class_name} has no Flax counterpart")
+            continue
+        if rec.class_name == "GroupNorm":
+            if at.get("num_groups") != obj.num_groups or not np.isclose(at.get("eps"), obj.eps):
+                problems.append(f"{name}: groups/eps {at.get('num_groups')}/{at.get('eps')} vs "
+                                f"{obj.num_groups}/{obj.eps}")
+        elif rec.class_name == "Conv2d":
+            if (bool(at.get("up")), bool(at.get("down"))) != (obj.up, obj.down) or \
+                    at.get("fused_resample"):
+                problems.append(f"{name}: up/down/fused differ")
+        elif rec.class_name == "UNetBlock":
+            if at.get("num_heads") != obj.num_heads or at.get("adaptive_scale") or \
+                    not np.isclose(float(at.get("skip_scale")), obj.skip_scale):
+                problems.append(f"{name}: num_heads/skip_scale/adaptive_scale differ")
+    if problems:
+        raise ValueError("EDM pickle layer attributes disagree with the port:\n  "
+                         + "\n  ".join(problems))
+
+
+def build_from_record(ema) -> EDMPrecondNet:
+    """An abstract (shape-only) EDMPrecondNet from the pickle's recorded constructor kwargs."""
+    if ema.class_name != "EDMPrecond":
+        raise ValueError(f"preconditioner {ema.class_name!r} is not supported yet (only "
+                         f"EDMPrecond; VPPrecond/VEPrecond/iDDPMPrecond are later work)")
+    kw = dict(ema.init_kwargs)
+    attrs = ema.attrs
+    for k in ("sigma_data", "sigma_min", "sigma_max"):
+        if k in attrs:
+            kw[k] = float(attrs[k])
+    model_rec = ema.children.get("model")
+    if model_rec is None or model_rec.class_name != kw.get("model_type", "SongUNet"):
+        raise ValueError(f"EDMPrecond child 'model' is "
+                         f"{getattr(model_rec, 'class_name', None)!r}, expected SongUNet")
+    return nnx.eval_shape(lambda: EDMPrecondNet(**kw))
+
+
+def from_edm_pickle(path):
+    """Load an EDM network pickle -> (denoise, meta).
+
+    `denoise(x_nhwc, sigma[N], class_labels[N, label_dim] | None) -> D(x; sigma)` (NHWC float32)
+    is a jitted function closing over the imported parameters. `meta` holds: 'precond'
+    (class_name, sigma_data, sigma_min, sigma_max), 'init_kwargs' (preconditioner constructor
+    kwargs), 'model_kwargs' (the SongUNet's), 'params' (the nnx.State of all variables: Params
+    and resample buffers), 'graphdef', 'apply(params, x, sigma, labels)',
+    'apply_raw(params, x_in, c_noise, labels)' (the raw network F) and 'net' (the merged module).
+    """
+    from jaxdiff.torch_reader import named_modules, read_edm_pickle, state_dict
+
+    snap = read_edm_pickle(Path(path))
+    abstract = build_from_record(snap.ema)
+    _check_records(abstract, named_modules(snap.ema))
+    converted = convert_state_dict(abstract, state_dict(snap.ema))
+    graphdef, state = nnx.split(abstract)
+    flat = [(p, v.replace(jnp.asarray(converted[tuple(str(q) for q in p)])))
+            for p, v in nnx.to_flat_state(state)]
+    params = nnx.from_flat_state(flat)
+
+    @jax.jit
+    def apply(params, x, sigma, class_labels=None):
+        return nnx.merge(graphdef, params)(x, sigma, class_labels)
+
+    @jax.jit
+    def apply_raw(params, x_in, c_noise, class_labels=None):
+        return nnx.merge(graphdef, params).raw(x_in, c_noise, class_labels)
+
+    denoise = functools.partial(apply, params)
+    attrs = snap.ema.attrs
+    meta = dict(
+        precond=dict(class_name=snap.ema.class_name,
+                     sigma_data=float(attrs.get("sigma_data", 0.5)),
+                     sigma_min=float(attrs.get("sigma_min", 0.0)),
+                     sigma_max=float(attrs.get("sigma_max", float("inf")))),
+        init_kwargs=dict(snap.ema.init_kwargs),
+        model_kwargs=dict(snap.ema.children["model"].init_kwargs),
+        params=params, graphdef=graphdef, apply=apply, apply_raw=apply_raw,
+        net=nnx.merge(graphdef, params),
+    )
+    return denoise, meta
