@@ -54,6 +54,17 @@ def placeholder_expert_store(root, dataset: str, image_shape, epochs: int = 20) 
     return str(store.root)
 
 
+def numpy_siren(p, grid, w0_initial, w0):
+    """One DDiF field in float64 numpy, written from ddif.md §2.2 (the per-instance reference):
+    `grid [*spatial, n]` -> `[*spatial, m]`."""
+    x = np.asarray(grid, np.float64).reshape(-1, grid.shape[-1])
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    h = np.sin(w0_initial * (x @ p["W1"] + p["b1"]))
+    for layer in range(p["Wh"].shape[0]):
+        h = np.sin(w0 * (h @ p["Wh"][layer] + p["bh"][layer]))
+    return (h @ p["Wo"] + p["bo"]).reshape(*grid.shape[:-1], -1)
+
+
 def conv_ref(x, w, b=None, stride=1, pad=1):
     """Reference NHWC x HWIO cross-correlation (tests may call lax directly; models may not)."""
     y = jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),

@@ -27,16 +27,16 @@ change (`torch_to_flax`):
 
 | torch name (suffix) | torch layout | Flax path | Flax layout |
 | --- | --- | --- | --- |
-| `model.map_label.weight`, `map_augment.weight`, `map_layer{0,1}.weight`, `*.affine.weight` (Linear) | [out, in] | same path | [in, out] (transpose) |
+| Linear `weight`: `model.map_*`, `*.affine` | [out, in] | same | [in, out] |
 | `*.bias` (Linear, Conv2d, GroupNorm) | [C] | same path | [C] |
-| `*.weight` of a Conv2d (`*_conv`, `conv0`, `conv1`, `skip`, `proj`) | OIHW | same path | HWIO (transpose 2,3,1,0) |
-| `*.qkv.weight` | OIHW, output rows interleaved (head, c, {q,k,v}) | same path | HWIO, output columns [q | k | v], each head-major |
-| `*.qkv.bias` | [3C] interleaved | same path | [3C] as [q | k | v] |
+| Conv2d `*.weight`: `*_conv`, `conv0`, `conv1`, `skip`, `proj` | OIHW | same | HWIO (2,3,1,0) |
+| `*.qkv.weight` | OIHW, rows (head, c, {q,k,v}) | same | HWIO, columns [q; k; v] head-major |
+| `*.qkv.bias` | [3C] interleaved | same | [3C] as [q; k; v] |
 | `*.norm{0,1,2}.weight`, `*_aux_norm.weight` (GroupNorm scale) | [C] | same path | [C] |
-| `*.resample_filter` (buffer) | [1, 1, k, k] | same path (`nnx.Variable`, not a Param) | [k, k] |
+| `*.resample_filter` (buffer) | [1, 1, k, k] | same (an `nnx.Variable`, not a Param) | [k, k] |
 
 The qkv permutation: torch output channel `(h*d + c)*3 + s` (s = 0 q, 1 k, 2 v) becomes Flax
-column `s*C + h*d + c`, i.e. `w_flax[..., s*C + j] = w_torch[3*j + s]` (`_QKV_PERM`).
+column `s*C + h*d + c`, i.e. `w_flax[..., s*C + j] = w_torch[3*j + s]` (`_qkv_perm`).
 
 `from_edm_pickle` builds the network from the recorded constructor kwargs (not from the arrays),
 then checks that the state dict and the Flax state correspond exactly (same set of paths, same
@@ -120,7 +120,8 @@ class Conv2d(nnx.Module):
             raise ValueError("Conv2d: fused_resample (NCSN++ aux_residual) is not supported yet")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.up, self.down, self.kernel = up, down, kernel
-        self.weight = nnx.Param(_var((kernel, kernel, in_channels, out_channels))) if kernel else None
+        self.weight = (nnx.Param(_var((kernel, kernel, in_channels, out_channels)))
+                       if kernel else None)
         self.bias = nnx.Param(_var((out_channels,))) if kernel and bias else None
         if up or down:
             self.resample_filter = nnx.Variable(jnp.asarray(_resample_kernel(resample_filter)))

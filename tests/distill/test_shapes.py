@@ -18,6 +18,8 @@ from jaxdiff.distill.evaluate import train_and_test
 from jaxdiff.distill.params import get_parameterisation, select_real_images
 from jaxdiff.models.classifiers import classifier_factory, convnet_depth_for
 
+from tests.helpers import numpy_siren
+
 SHAPES = [(16, 12, 1), (12, 16, 3), (15, 15, 1), (9, 9, 3)]  # (H, W, C)
 OPTIONS = {
     "pixel": dict(ipc=1),
@@ -57,16 +59,6 @@ def _check_grid(grid, h: int, w: int) -> None:
         np.testing.assert_array_equal(grid, ref.astype(np.float32))
 
 
-def _numpy_siren(p, grid, w0_initial, w0):
-    """One field in float64 numpy (ddif.md §2.2): `grid [H, W, 2]` -> `[H, W, m]`."""
-    x = np.asarray(grid, np.float64).reshape(-1, grid.shape[-1])
-    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
-    h = np.sin(w0_initial * (x @ p["W1"] + p["b1"]))
-    for layer in range(p["Wh"].shape[0]):
-        h = np.sin(w0 * (h @ p["Wh"][layer] + p["bh"][layer]))
-    return (h @ p["Wo"] + p["bo"]).reshape(*grid.shape[:-1], -1)
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("name", list(OPTIONS))
 def test_plan_init_decode_keeps_the_image_shape(key, name, shape):
@@ -79,7 +71,7 @@ def test_plan_init_decode_keeps_the_image_shape(key, name, shape):
     np.testing.assert_array_equal(param.labels(static), [0] * n_pc + [1] * n_pc)
     if name == "ddif":  # the fields are evaluated on the per-axis [-1, 1] grid of H x W
         _check_grid(static["grid"], *shape[:2])
-        ref = _numpy_siren(jax.tree.map(lambda a: a[0], params), _numpy_grid(*shape[:2]), 30.0, 10.0)
+        ref = numpy_siren(jax.tree.map(lambda a: a[0], params), _numpy_grid(*shape[:2]), 30.0, 10.0)
         np.testing.assert_allclose(images[0], ref, rtol=0, atol=2e-6)
 
 
@@ -96,7 +88,7 @@ def test_ddif_fitted_on_a_non_square_grid(key):
     out = np.asarray(jax.jit(param.decode)(params, static))
     assert out.shape == (2 * n_pc, *shape)
     for i in (0, 2 * n_pc - 1):
-        ref = _numpy_siren(jax.tree.map(lambda a: a[i], params), _numpy_grid(17, 9), 30.0, 10.0)
+        ref = numpy_siren(jax.tree.map(lambda a: a[i], params), _numpy_grid(17, 9), 30.0, 10.0)
         np.testing.assert_allclose(out[i], ref, rtol=0, atol=2e-6)
     targets = np.asarray(select_real_images(jax.random.split(key)[0], real, n_pc))
     np.testing.assert_allclose(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.models import edm
-from jaxdiff.torch_reader import read_edm_pickle, state_dict
+from jaxdiff.torch_reader import named_modules, read_edm_pickle, state_dict
 
 # shared/ sits next to the checkout (as in tests/test_torch_reader.py) or inside it
 _ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +116,20 @@ def test_state_dict_maps_one_to_one():
         edm.convert_state_dict(abstract, extra)
 
 
+def test_recorded_layer_attributes_are_checked():
+    snap = read_edm_pickle(PKL)
+    abstract = edm.build_from_record(snap.ema)
+    modules = named_modules(snap.ema)
+    edm._check_records(abstract, modules)  # the fixture agrees with the rebuilt architecture
+    modules["model.enc.16x16_block0.norm0"].state["eps"] = 1e-5  # ADM's eps, not SongUNet's
+    with pytest.raises(ValueError, match="16x16_block0.norm0"):
+        edm._check_records(abstract, modules)
+    modules["model.enc.16x16_block0.norm0"].state["eps"] = 1e-6
+    modules["model.dec.8x8_in1"].state["num_heads"] = 1
+    with pytest.raises(ValueError, match="8x8_in1"):
+        edm._check_records(abstract, modules)
+
+
 def test_qkv_deinterleave():
     # torch rows are (head, channel, {q,k,v}) with q/k/v fastest: row 3j+s -> Flax column s*C+j
     c = 4
@@ -149,3 +163,20 @@ def test_unsupported_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         edm.nnx.eval_shape(lambda: edm.EDMPrecondNet(16, 3, model_channels=8, channel_mult=[1],
                                                      **kwargs))
+
+
+@pytest.mark.parametrize("kwargs, arrays, params", [
+    # edm-cifar10-32x32-cond-vp / -uncond-vp, edm-ffhq/afhqv2-64x64-uncond-vp (spec table 2.4)
+    (dict(img_resolution=32, label_dim=10, channel_mult=[2, 2, 2]), 427, 55_735_299),
+    (dict(img_resolution=32, label_dim=0, channel_mult=[2, 2, 2]), 425, 55_733_891),
+    (dict(img_resolution=64, label_dim=0, channel_mult=[1, 2, 2, 2]), 553, 61_805_571),
+])
+def test_official_ddpmpp_configurations_have_the_official_sizes(kwargs, arrays, params):
+    """Shape-only builds (no memory, no compile) of the released DDPM++ configurations give the
+    array and parameter counts the spec measured on the upstream classes."""
+    net = edm.nnx.eval_shape(lambda: edm.EDMPrecondNet(img_channels=3, augment_dim=9,
+                                                       model_channels=128, **kwargs))
+    flat = edm._flat_state(net)
+    assert len(flat) == arrays
+    assert sum(int(np.prod(v.get_value().shape)) for p, v in flat.items()
+               if p[-1] != "resample_filter") == params

@@ -21,15 +21,7 @@ from jaxdiff.distill.params import (
 )
 from jaxdiff.distill.params.neural_field import sine
 
-
-def _numpy_siren(p, grid, w0_initial, w0):
-    """One field in float64 numpy, written from ddif.md §2.2 (the per-instance reference)."""
-    x = np.asarray(grid, np.float64).reshape(-1, grid.shape[-1])
-    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
-    h = np.sin(w0_initial * (x @ p["W1"] + p["b1"]))
-    for layer in range(p["Wh"].shape[0]):
-        h = np.sin(w0 * (h @ p["Wh"][layer] + p["bh"][layer]))
-    return (h @ p["Wo"] + p["bo"]).reshape(*grid.shape[:-1], -1)
+from tests.helpers import numpy_siren
 
 
 def _smooth_images(shape, seed=0):
@@ -150,7 +142,7 @@ def test_decode_matches_reference_and_loop_exactly(key, width):
     full = np.asarray(dec(params, static))
     assert full.shape == (n, 8, 8, 3)
     for i in (0, n - 1):  # the math of ddif.md §2.2 in float64 numpy
-        ref = _numpy_siren(jax.tree.map(lambda a: a[i], params), static["grid"], 30.0, 10.0)
+        ref = numpy_siren(jax.tree.map(lambda a: a[i], params), static["grid"], 30.0, 10.0)
         np.testing.assert_allclose(full[i], ref, rtol=0, atol=2e-6)
     # the reference's structure, one field at a time, gives the batched result
     loop = np.stack([np.asarray(dec(params, static, jnp.array([i])))[0] for i in range(n)])
@@ -178,7 +170,7 @@ def test_cross_resolution_decode(key):
     np.testing.assert_allclose(fine[:, ::2, ::2], base, rtol=1e-6, atol=2e-7)  # ulps, as above
     # and a 4x denser grid renders the same continuous field at the new points
     big = np.asarray(dec(params, with_grid(static, (32, 32))))
-    ref = _numpy_siren(jax.tree.map(lambda a: a[1], params), coordinate_grid((32, 32)), 30.0, 10.0)
+    ref = numpy_siren(jax.tree.map(lambda a: a[1], params), coordinate_grid((32, 32)), 30.0, 10.0)
     np.testing.assert_allclose(big[1], ref, rtol=0, atol=2e-6)
 
 
@@ -198,7 +190,7 @@ def test_grayscale_and_3d(key):
     out = jax.jit(param3.decode)(params3, static3)
     assert out.shape == (4, 4, 6, 6, 3)
     np.testing.assert_allclose(
-        out[3], _numpy_siren(jax.tree.map(lambda a: a[3], params3), static3["grid"], 30.0, 10.0),
+        out[3], numpy_siren(jax.tree.map(lambda a: a[3], params3), static3["grid"], 30.0, 10.0),
         rtol=0, atol=2e-6,
     )
     assert param3.plan((4, 6, 6, 3), 2).forced
