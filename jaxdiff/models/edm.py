@@ -344,7 +344,7 @@ class SongUNet(nnx.Module):
 
 def edm_scalings(sigma, sigma_data):
     """EDMPrecond: (c_skip, c_out, c_in, c_noise) for sigma [N]."""
-    sigma = sigma.astype(jnp.float32)
+    sigma = jnp.asarray(sigma, jnp.float32)
     sd = jnp.float32(sigma_data)
     c_skip = sd ** 2 / (sigma ** 2 + sd ** 2)
     c_out = sigma * sd / jnp.sqrt(sigma ** 2 + sd ** 2)
