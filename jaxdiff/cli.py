@@ -88,6 +88,8 @@ COMMANDS = {
                                    "trained denoiser"),
 }
 SHOW_HELP = "write PNG grids of the image sets in a run directory"
+IMPORT_HELP = ("convert an official NVlabs/edm network pickle (read without PyTorch, no code "
+               "from the file runs) into a directory of Flax parameters (Orbax) + edm.json")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -118,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("run_dir", help="a run directory (or a .npz file of images)")
     sp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/show.png)")
     sp.add_argument("--max-images", type=int, default=400)
+    sp = sub.add_parser("import-checkpoint", help=IMPORT_HELP, description=IMPORT_HELP)
+    sp.add_argument("file", help="an EDM network pickle (edm-*.pkl, network-snapshot-*.pkl)")
+    sp.add_argument("--out", required=True, help="a new (or empty) directory")
     return p
 
 
@@ -139,10 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from jaxdiff.errors import UserError
 
-    if args.command == "show":
-        from jaxdiff.pipelines.show import show
+    if args.command in ("show", "import-checkpoint"):   # commands without a config
         try:
-            print(show(args.run_dir, out=args.out, max_images=args.max_images))
+            if args.command == "show":
+                from jaxdiff.pipelines.show import show
+                print(show(args.run_dir, out=args.out, max_images=args.max_images))
+            else:
+                from jaxdiff.models.edm import import_checkpoint
+                print(f"[jaxdiff import-checkpoint] wrote {import_checkpoint(args.file, args.out)}"
+                      " (load it with jaxdiff.models.edm.load)")
         except UserError as e:
             _user_error(args.command, e)
         return 0

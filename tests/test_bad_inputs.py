@@ -1,6 +1,6 @@
 """Bad inputs across every command, through the CLI entry point (`jaxdiff.cli.main`): each one
 exits with code 2 and one message naming the key or path and the fix, without a traceback, and
-leaves an existing run directory of that command byte-for-byte unchanged (hashed before and
+leaves the existing run directories byte-for-byte unchanged (hashed before and
 after). Every case fails before any training, so the suite stays fast.
 
 Two cases run the real `python -m jaxdiff.cli` process: no traceback by default, the traceback
@@ -162,6 +162,13 @@ CASES = [
     ("train-discriminator", ["--config.fake.num=0"], "'fake.num' = 0 must be >= 1"),
     ("train-discriminator", ["--config.fake.sigma_max=0.001"], "sigma_max must be above"),
     ("train-discriminator", ["--config.conditional=true"], "needs a class-conditional denoiser"),
+    # import-checkpoint
+    ("import-checkpoint", ["{missing}", "--out={missing}"], "missing: no such file"),
+    ("import-checkpoint", ["{afile}", "--out={missing}"],
+     "afile: cannot read it as an NVlabs/edm network pickle"),
+    ("import-checkpoint", ["{notimages}", "--out={missing}"], "not an EDM network pickle"),
+    ("import-checkpoint", ["{afile}", "--out={run:distill}"],
+     "run-distill already exists and is not an empty directory"),
     # show
     ("show", ["{missing}"], "no labelled image set at .*missing"),
     ("show", ["{notimages}"], "is not an image set"),
@@ -227,7 +234,7 @@ def world(tmp_path_factory):
 def _argv(command, args, world) -> list[str]:
     fill = lambda a: re.sub(r"\{([^}]+)\}", lambda m: world[m.group(1)], a)  # noqa: E731
     argv = [command, *map(fill, args)]
-    if command == "show":
+    if command in ("show", "import-checkpoint"):
         return argv
     # every case runs against the command's earlier run (unless it names its own directory)
     key = "buffer_dir" if command == "experts" else "run_dir"
@@ -259,7 +266,7 @@ def test_bad_input_exits_2_with_a_message_and_touches_nothing(world, command, ar
 
 def test_the_suite_has_at_least_fifty_cases_over_every_command():
     assert len(CASES) >= 50
-    assert {c for c, _, _ in CASES} == set(cli.COMMANDS) | {"show"}
+    assert {c for c, _, _ in CASES} == set(cli.COMMANDS) | {"show", "import-checkpoint"}
 
 
 @pytest.mark.parametrize("debug", ["", "1"])

@@ -10,10 +10,14 @@ preconditioners) raises `ValueError` naming the option.
 Layout: activations are NHWC float32 inside (upstream is NCHW); sigma is [N]; class labels are
 one-hot [N, label_dim] or None (a zero row is used when the net is conditional, as upstream).
 
-    denoise, meta = from_edm_pickle(path)
+    denoise, meta = load(path)      # an EDM pickle, or a directory from `import_checkpoint`
     out = denoise(x_nhwc, sigma, class_labels)          # jitted; closes over meta['params']
     out = meta['apply'](meta['params'], x, sigma, labels)  # same, params passed explicitly
     f_x = meta['apply_raw'](meta['params'], x_in, c_noise, labels)  # the SongUNet alone
+
+`jaxdiff import-checkpoint FILE --out DIR` (`import_checkpoint`) writes DIR/checkpoint (Orbax,
+the converted parameters) and DIR/edm.json (the constructor kwargs, the preconditioner and the
+source file), so later runs load the network without reading the pickle again.
 
 `denoise` closes over the imported parameters (a jitted `apply` partially applied to them). When
 calling from inside your own `jax.jit`, prefer `meta['apply']` with `meta['params']` as an
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from jaxdiff.errors import MissingInputError, UserError
 
 _HI = jax.lax.Precision.HIGHEST  # GPU/TPU default precision gives ~1e-3 errors (fixture README)
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -236,7 +243,7 @@ def _check_supported(kw: dict) -> None:
     bad = {"embedding_type": "positional", "encoder_type": "standard", "decoder_type": "standard"}
     for key, want in bad.items():
         if kw[key] != want:
-            raise ValueError(f"SongUNet {key}={kw[key]!r} is not supported yet (only the DDPM++ "
+            raise UserError(f"SongUNet {key}={kw[key]!r} is not supported yet (only the DDPM++ "
                              f"configuration, {key}={want!r}; NCSN++ is later work)")
 
 
@@ -361,7 +368,7 @@ class EDMPrecondNet(nnx.Module):
                  sigma_data: float = 0.5, sigma_min: float = 0.0, sigma_max: float = float("inf"),
                  model_type: str = "SongUNet", use_fp16: bool = False, **model_kwargs):
         if model_type != "SongUNet":
-            raise ValueError(f"EDMPrecond model_type={model_type!r} is not supported yet "
+            raise UserError(f"EDMPrecond model_type={model_type!r} is not supported yet "
                              f"(only SongUNet; DhariwalUNet is later work)")
         self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
         self.label_dim = label_dim
@@ -489,11 +496,12 @@ def _check_records(net: EDMPrecondNet, modules: dict) -> None:
                          + "\n  ".join(problems))
 
 
-def build_from_record(ema) -> EDMPrecondNet:
-    """An abstract (shape-only) EDMPrecondNet from the pickle's recorded constructor kwargs."""
+def constructor_kwargs(ema) -> dict:
+    """The `EDMPrecondNet` keyword arguments of a pickle's `ema` record: its recorded constructor
+    kwargs plus the sigma attributes (constructor defaults the pickle keeps only as attributes)."""
     if ema.class_name != "EDMPrecond":
-        raise ValueError(f"preconditioner {ema.class_name!r} is not supported yet (only "
-                         f"EDMPrecond; VPPrecond/VEPrecond/iDDPMPrecond are later work)")
+        raise UserError(f"preconditioner {ema.class_name!r} is not supported yet (only "
+                        f"EDMPrecond; VPPrecond/VEPrecond/iDDPMPrecond are later work)")
     kw = dict(ema.init_kwargs)
     attrs = ema.attrs
     for k in ("sigma_data", "sigma_min", "sigma_max"):
@@ -501,31 +509,19 @@ def build_from_record(ema) -> EDMPrecondNet:
             kw[k] = float(attrs[k])
     model_rec = ema.children.get("model")
     if model_rec is None or model_rec.class_name != kw.get("model_type", "SongUNet"):
-        raise ValueError(f"EDMPrecond child 'model' is "
-                         f"{getattr(model_rec, 'class_name', None)!r}, expected SongUNet")
+        raise UserError(f"EDMPrecond child 'model' is "
+                        f"{getattr(model_rec, 'class_name', None)!r}, expected SongUNet")
+    return kw
+
+
+def build_from_record(ema) -> EDMPrecondNet:
+    """An abstract (shape-only) EDMPrecondNet from the pickle's recorded constructor kwargs."""
+    kw = constructor_kwargs(ema)
     return nnx.eval_shape(lambda: EDMPrecondNet(**kw))
 
 
-def from_edm_pickle(path):
-    """Load an EDM network pickle -> (denoise, meta).
-
-    `denoise(x_nhwc, sigma[N], class_labels[N, label_dim] | None) -> D(x; sigma)` (NHWC float32)
-    is a jitted function closing over the imported parameters. `meta` holds: 'precond'
-    (class_name, sigma_data, sigma_min, sigma_max), 'init_kwargs' (preconditioner constructor
-    kwargs), 'model_kwargs' (the SongUNet's), 'params' (the nnx.State of all variables: Params
-    and resample buffers), 'graphdef', 'apply(params, x, sigma, labels)',
-    'apply_raw(params, x_in, c_noise, labels)' (the raw network F) and 'net' (the merged module).
-    """
-    from jaxdiff.torch_reader import named_modules, read_edm_pickle, state_dict
-
-    snap = read_edm_pickle(Path(path))
-    abstract = build_from_record(snap.ema)
-    _check_records(abstract, named_modules(snap.ema))
-    converted = convert_state_dict(abstract, state_dict(snap.ema))
-    graphdef, state = nnx.split(abstract)
-    flat = [(p, v.replace(jnp.asarray(converted[tuple(str(q) for q in p)])))
-            for p, v in nnx.to_flat_state(state)]
-    params = nnx.from_flat_state(flat)
+def _bundle(graphdef, params, constructor: dict, source: str):
+    """`(denoise, meta)` of a network given as graphdef + parameter state (see `load`)."""
 
     @jax.jit
     def apply(params, x, sigma, class_labels=None):
@@ -535,16 +531,81 @@ def from_edm_pickle(path):
     def apply_raw(params, x_in, c_noise, class_labels=None):
         return nnx.merge(graphdef, params).raw(x_in, c_noise, class_labels)
 
-    denoise = functools.partial(apply, params)
-    attrs = snap.ema.attrs
-    meta = dict(
-        precond=dict(class_name=snap.ema.class_name,
-                     sigma_data=float(attrs.get("sigma_data", 0.5)),
-                     sigma_min=float(attrs.get("sigma_min", 0.0)),
-                     sigma_max=float(attrs.get("sigma_max", float("inf")))),
-        init_kwargs=dict(snap.ema.init_kwargs),
-        model_kwargs=dict(snap.ema.children["model"].init_kwargs),
-        params=params, graphdef=graphdef, apply=apply, apply_raw=apply_raw,
-        net=nnx.merge(graphdef, params),
-    )
-    return denoise, meta
+    precond = {k: float(constructor.get(k, d)) for k, d in
+               (("sigma_data", 0.5), ("sigma_min", 0.0), ("sigma_max", float("inf")))}
+    meta = dict(precond={"class_name": "EDMPrecond", **precond}, constructor=dict(constructor),
+                source=source, params=params, graphdef=graphdef, apply=apply,
+                apply_raw=apply_raw, net=nnx.merge(graphdef, params))
+    return functools.partial(apply, params), meta
+
+
+def from_edm_pickle(path):
+    """Load an EDM network pickle -> (denoise, meta) (see `load`)."""
+    from jaxdiff.torch_reader import named_modules, read_edm_pickle, state_dict
+
+    snap = read_edm_pickle(Path(path))
+    abstract = build_from_record(snap.ema)
+    _check_records(abstract, named_modules(snap.ema))
+    converted = convert_state_dict(abstract, state_dict(snap.ema))
+    graphdef, state = nnx.split(abstract)
+    flat = [(p, v.replace(jnp.asarray(converted[tuple(str(q) for q in p)])))
+            for p, v in nnx.to_flat_state(state)]
+    return _bundle(graphdef, nnx.from_flat_state(flat), constructor_kwargs(snap.ema),
+                   os.path.abspath(os.fspath(path)))
+
+
+IMPORTED_JSON = "edm.json"   # beside the Orbax `checkpoint/` of an imported network
+
+
+def import_checkpoint(path, out_dir) -> str:
+    """`jaxdiff import-checkpoint`: an EDM network pickle -> `out_dir` holding `checkpoint/` (an
+    Orbax checkpoint of the converted Flax parameters) and `edm.json` (the constructor kwargs,
+    the preconditioner and the source file). `load(out_dir)` reads it back without the pickle.
+    Refuses an `out_dir` that already holds files. Returns the absolute `out_dir`."""
+    from jaxdiff.checkpoint import Checkpointer
+    from jaxdiff.files import atomic_write_json
+
+    out = os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise UserError(f"--out {out} already exists and is not an empty directory; choose "
+                        "another directory (nothing was written)")
+    _, meta = from_edm_pickle(path)       # every check runs before anything is written
+    os.makedirs(out, exist_ok=True)
+    with Checkpointer(os.path.join(out, "checkpoint"), max_to_keep=1) as ck:
+        ck.save(0, {"params": meta["params"]}, wait=True)
+    atomic_write_json(os.path.join(out, IMPORTED_JSON),
+                      {"format": "jaxdiff-edm-1", "constructor": meta["constructor"],
+                       "precond": meta["precond"], "source": meta["source"]})
+    return out
+
+
+def load(path):
+    """`(denoise, meta)` of an EDM network: `path` is an official EDM network pickle (read by
+    `torch_reader`, no PyTorch) or a directory written by `import_checkpoint`.
+
+    `denoise(x_nhwc, sigma[N], class_labels[N, label_dim] | None) -> D(x; sigma)` (NHWC float32)
+    is a jitted function closing over the parameters; inside your own `jax.jit` use
+    `meta['apply'](meta['params'], x, sigma, labels)` instead, so the parameters stay arguments.
+    `meta`: 'precond' (class_name, sigma_data, sigma_min, sigma_max), 'constructor' (the
+    `EDMPrecondNet` kwargs), 'source', 'params' (nnx.State: Params and resample buffers),
+    'graphdef', 'apply', 'apply_raw(params, x_in, c_noise, labels)' (the raw network F), 'net'.
+    """
+    import json
+
+    from jaxdiff.checkpoint import Checkpointer
+
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        return from_edm_pickle(path)
+    try:
+        with open(os.path.join(path, IMPORTED_JSON)) as f:
+            info = json.load(f)
+    except (OSError, ValueError) as e:
+        raise MissingInputError(f"{path} is not a network imported by `jaxdiff "
+                                f"import-checkpoint` (no readable {IMPORTED_JSON}: {e})") from None
+    constructor = info["constructor"]
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: EDMPrecondNet(**constructor)))
+    like = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
+    with Checkpointer(os.path.join(path, "checkpoint")) as ck:
+        _, state, _ = ck.restore({"params": like})
+    return _bundle(graphdef, state["params"], constructor, info.get("source", path))
