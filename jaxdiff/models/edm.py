@@ -579,6 +579,29 @@ def import_checkpoint(path, out_dir) -> str:
     return out
 
 
+def describe(path) -> dict:
+    """`{"constructor", "precond", "source"}` of an EDM pickle or an imported directory, without
+    converting the weights (what `jaxdiff sample` checks before loading). UserError when `path`
+    is neither."""
+    import json
+
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        try:
+            with open(os.path.join(path, IMPORTED_JSON)) as f:
+                info = json.load(f)
+            return {k: info[k] for k in ("constructor", "precond", "source")}
+        except (OSError, ValueError, KeyError) as e:
+            raise MissingInputError(f"{path} is not a network imported by `jaxdiff "
+                                    f"import-checkpoint` (no readable {IMPORTED_JSON}: {e})") from None
+    from jaxdiff.torch_reader import read_edm_pickle
+
+    kw = constructor_kwargs(read_edm_pickle(Path(path)).ema)
+    return {"constructor": kw, "source": path,
+            "precond": {"class_name": "EDMPrecond", **{k: float(kw.get(k, d)) for k, d in (
+                ("sigma_data", 0.5), ("sigma_min", 0.0), ("sigma_max", float("inf")))}}}
+
+
 def load(path):
     """`(denoise, meta)` of an EDM network: `path` is an official EDM network pickle (read by
     `torch_reader`, no PyTorch) or a directory written by `import_checkpoint`.
@@ -590,22 +613,15 @@ def load(path):
     `EDMPrecondNet` kwargs), 'source', 'params' (nnx.State: Params and resample buffers),
     'graphdef', 'apply', 'apply_raw(params, x_in, c_noise, labels)' (the raw network F), 'net'.
     """
-    import json
-
     from jaxdiff.checkpoint import Checkpointer
 
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         return from_edm_pickle(path)
-    try:
-        with open(os.path.join(path, IMPORTED_JSON)) as f:
-            info = json.load(f)
-    except (OSError, ValueError) as e:
-        raise MissingInputError(f"{path} is not a network imported by `jaxdiff "
-                                f"import-checkpoint` (no readable {IMPORTED_JSON}: {e})") from None
+    info = describe(path)
     constructor = info["constructor"]
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: EDMPrecondNet(**constructor)))
     like = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
     with Checkpointer(os.path.join(path, "checkpoint")) as ck:
         _, state, _ = ck.restore({"params": like})
-    return _bundle(graphdef, state["params"], constructor, info.get("source", path))
+    return _bundle(graphdef, state["params"], constructor, info["source"])

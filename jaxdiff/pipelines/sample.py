@@ -13,6 +13,9 @@ Outputs in `run_dir`:
                   (uint8), `labels` (`[N]`, -1 = unconditional), `nfe` (per sample);
 * `samples.png`   a grid of the first samples; `results.json` (NFE, timings, quality figures).
 
+Source `edm`: an NVlabs/edm network (`models.edm.load`: a pickle or an imported directory), no
+quality figures yet (Inception FID is not implemented yet).
+
 Quality (source `run`, `quality.enabled`): Frechet distance on the features of a small
 classifier trained on the same data (NOT Inception FID), classifier accuracy (conditional
 sampling) and entropy — `jaxdiff.diffusion.quality_net`. Source `gmm` reports the exact mean
@@ -26,6 +29,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxdiff import data as jdata
 from jaxdiff import sharding as shd
@@ -36,10 +40,12 @@ from jaxdiff.diffusion import reward_samplers as RS
 from jaxdiff.diffusion import schedules
 from jaxdiff.diffusion.batch_samplers import (DenoiserSource, SamplingContext, diffrs_sampler,
                                               plain_sampler)
+from jaxdiff.diffusion.denoiser import edm_denoiser
 from jaxdiff.diffusion.saved import load_discriminator, load_model
 from jaxdiff.distributed import to_host
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.images import save_grid
+from jaxdiff.models import edm
 from jaxdiff.pipelines import common
 from jaxdiff.specs.sample import SampleSpec
 
@@ -60,12 +66,37 @@ def load_source(spec: SampleSpec) -> DenoiserSource:
         return DenoiserSource(g, lambda gm: (lambda x, sigma, cond=None: G.posterior_mean(
             gm, x, sigma, cond)), spec.gmm.image_shape, g.num_components, None, 0,
             f"analytic GMM ({g.num_components} components, shape {spec.gmm.image_shape})", g)
+    if spec.source == "edm":
+        return _edm_source(spec)
     m = load_model(spec.model_dir)
     return DenoiserSource(m.state(spec.use_ema), m.make_denoise, m.image_shape, m.num_classes,
                           m.spec.get("dataset"), int(m.spec.get("image_size", m.image_shape[0])),
                           f"{m.spec['name']} from {spec.model_dir} "
                           f"({'EMA' if spec.use_ema else 'raw'} parameters, step "
                           f"{m.spec.get('step')})")
+
+
+def _edm_source(spec: SampleSpec) -> DenoiserSource:
+    """An imported NVlabs/edm network (`models.edm.load`): its raw SongUNet F under jaxdiff's
+    own EDM preconditioner (`diffusion.denoiser.edm_denoiser`, the same c_skip/c_out/c_in/
+    c_noise), class labels one-hot. Images in [-1, 1], EDM's and jaxdiff's model space."""
+    _, meta = edm.load(spec.model_dir)
+    kw, graphdef = meta["constructor"], meta["graphdef"]
+    label_dim = int(kw.get("label_dim", 0))
+
+    def make_denoise(params):
+        net = nnx.merge(graphdef, params)
+
+        def raw(x_in, c_noise, cond=None):
+            onehot = None if cond is None or not label_dim else jax.nn.one_hot(cond, label_dim)
+            return net.raw(x_in, c_noise, onehot)
+
+        return edm_denoiser(raw, meta["precond"]["sigma_data"])
+
+    size, channels = int(kw["img_resolution"]), int(kw["img_channels"])
+    return DenoiserSource(meta["params"], make_denoise, (size, size, channels), label_dim, None,
+                          size, f"NVlabs/edm {kw.get('model_type', 'SongUNet')} from "
+                          f"{meta['source']} ({size} px, {label_dim} classes)")
 
 
 def make_sampler(spec: SampleSpec, ctx: SamplingContext):

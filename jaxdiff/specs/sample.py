@@ -1,7 +1,9 @@
 """`jaxdiff sample`: config -> `SampleSpec`.
 
 * `source`: "run" (a `jaxdiff train-denoiser` run, `model_dir`; its `model.json` is read here to
-  check the labels and the data set) or "gmm" (an analytic Gaussian mixture, `gmm`);
+  check the labels and the data set), "edm" (an NVlabs/edm network pickle or a directory from
+  `jaxdiff import-checkpoint`, `model_dir`; its constructor kwargs are read here) or "gmm" (an
+  analytic Gaussian mixture, `gmm`);
 * `solver`: name (aliases resolved) and its traced hyperparameters (edm: churn; ddim: eta), a
   Karras grid of `steps` levels;
 * `guidance`: "none", "diffrs" (`batch_samplers.DiffRSSettings`) or a reward-guided method of
@@ -22,10 +24,12 @@ from jaxdiff.diffusion.batch_samplers import DiffRSSettings
 from jaxdiff.diffusion.reward_samplers import (REWARD_SAMPLERS, REWARDS, RewardSettings,
                                               fk_resample_mask)
 from jaxdiff.diffusion.saved import read_model_spec
+from jaxdiff.errors import UserError
+from jaxdiff.models import edm
 from jaxdiff.specs.base import Resolution, Resolver, SpecError, absolute_path
 from jaxdiff.specs.common import RunSpec, run_spec
 
-SOURCES = ("run", "gmm")
+SOURCES = ("run", "gmm", "edm")
 # Solver hyperparameters read from the `solver` section (passed traced: no recompiles).
 SOLVER_HPARAMS = {"edm": ("s_churn", "s_tmin", "s_tmax", "s_noise"), "ddim": ("eta",)}
 GUIDANCE = ("none", "diffrs", *REWARD_SAMPLERS)
@@ -70,7 +74,7 @@ class GuidanceSpec:
 class SampleSpec:
     source: str
     model_dir: str
-    model_spec: dict | None   # model.json of `model_dir` (source "run")
+    model_spec: dict | None   # model.json of `model_dir` (source "run"); `edm.describe` ("edm")
     use_ema: bool
     data_dir: str
     gmm: GMMSpec
@@ -100,7 +104,19 @@ def resolve(config) -> SampleSpec:
             model_spec = read_model_spec(model_dir)
         except FileNotFoundError as e:
             raise SpecError(f"config key 'model_dir': {e}") from None
-    num_classes = gmm.num_components if source == "gmm" else int(model_spec["num_classes"])
+        num_classes = int(model_spec["num_classes"])
+    elif source == "edm":
+        model_dir = r.path("model_dir")
+        if not model_dir:
+            raise SpecError("source=edm needs --config.model_dir=FILE_OR_DIR (an NVlabs/edm "
+                            "network pickle, or a directory from `jaxdiff import-checkpoint`)")
+        try:
+            model_spec = edm.describe(model_dir)
+        except UserError as e:
+            raise SpecError(f"config key 'model_dir': {e}") from None
+        num_classes = int(model_spec["constructor"].get("label_dim", 0))
+    else:
+        num_classes = gmm.num_components
     solver = _solver(r)
     batch_size = r.integer("batch_size", minimum=1)
     guidance = _guidance(r, solver.name, batch_size)
