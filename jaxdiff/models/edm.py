@@ -93,9 +93,9 @@ class Linear(nnx.Module):
         self.weight = nnx.Param(_var((in_features, out_features)))
         self.bias = nnx.Param(_var((out_features,))) if bias else None
 
-    def __call__(self, x):
-        y = jnp.matmul(x, self.weight[...], precision=_HI)
-        return y if self.bias is None else y + self.bias[...]
+    def __call__(self, x):   # the parameters (float32) are used in x's dtype (compute dtype)
+        y = jnp.matmul(x, self.weight[...].astype(x.dtype), precision=_HI)
+        return y if self.bias is None else y + self.bias[...].astype(x.dtype)
 
 
 def _resample_kernel(f: Sequence[float]) -> np.ndarray:
@@ -145,12 +145,12 @@ class Conv2d(nnx.Module):
             else:  # transposed conv with 4K, stride 2, torch padding p (K symmetric: no flip)
                 x = _depthwise(x, 4.0 * k2[::-1, ::-1], lhs_dilation=2, padding=k - 1 - p)
         if self.weight is not None:
-            w = self.weight[...]
+            w = self.weight[...].astype(x.dtype)
             p = w.shape[0] // 2
             x = jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p)] * 2,
                                              dimension_numbers=_DN, precision=_HI)
         if self.bias is not None:
-            x = x + self.bias[...]
+            x = x + self.bias[...].astype(x.dtype)
         return x
 
 
@@ -164,13 +164,13 @@ class GroupNorm(nnx.Module):
         self.weight = nnx.Param(_var((num_channels,)))
         self.bias = nnx.Param(_var((num_channels,)))
 
-    def __call__(self, x):
+    def __call__(self, x):   # statistics in float32 whatever x's dtype
         n, h, w, c = x.shape
-        g = x.reshape(n, h, w, self.num_groups, c // self.num_groups)
+        g = x.reshape(n, h, w, self.num_groups, c // self.num_groups).astype(jnp.float32)
         mean = g.mean(axis=(1, 2, 4), keepdims=True)
         var = jnp.square(g - mean).mean(axis=(1, 2, 4), keepdims=True)
-        g = (g - mean) * jax.lax.rsqrt(var + self.eps)
-        return g.reshape(n, h, w, c) * self.weight[...] + self.bias[...]
+        g = ((g - mean) * jax.lax.rsqrt(var + self.eps)).reshape(n, h, w, c)
+        return (g * self.weight[...] + self.bias[...]).astype(x.dtype)
 
 
 def positional_embedding(t, num_channels: int, max_positions: int = 10000, endpoint: bool = False):
@@ -325,7 +325,10 @@ class SongUNet(nnx.Module):
         return jax.nn.silu(self.map_layer1(e))
 
     def __call__(self, x, c_noise, class_labels=None, augment_labels=None):
-        emb = self.mapping(c_noise, class_labels, augment_labels)
+        """`x [N, H, W, C]` in the compute dtype (float32, or bfloat16: the float32 parameters
+        are cast at each use, normalisation statistics and softmax stay float32), `c_noise
+        [N]` -> F(x) [N, H, W, C] in x's dtype. The noise/label mapping runs in float32."""
+        emb = self.mapping(c_noise, class_labels, augment_labels).astype(x.dtype)
         skips = []
         for name in self.enc_order:
             blk = self.enc[name]
@@ -375,18 +378,21 @@ class EDMPrecondNet(nnx.Module):
         self.model = SongUNet(img_resolution, img_channels, img_channels, label_dim=label_dim,
                               **model_kwargs)
 
-    def raw(self, x_in, c_noise, class_labels=None):
-        return self.model(x_in, c_noise, class_labels)
+    def raw(self, x_in, c_noise, class_labels=None, compute_dtype=jnp.float32):
+        """The SongUNet F on `x_in` cast to `compute_dtype`; float32 out."""
+        return self.model(x_in.astype(compute_dtype), c_noise,
+                          class_labels).astype(jnp.float32)
 
-    def __call__(self, x, sigma, class_labels=None):
+    def __call__(self, x, sigma, class_labels=None, compute_dtype=jnp.float32):
+        """D(x; sigma): the preconditioning in float32, the network in `compute_dtype`."""
         x = x.astype(jnp.float32)
         sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32).reshape(-1), (x.shape[0],))
         if self.label_dim == 0:
             class_labels = None
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
         b = lambda c: c[:, None, None, None]
-        f = self.model(b(c_in) * x, c_noise, class_labels)
-        return b(c_skip) * x + b(c_out) * f.astype(jnp.float32)
+        f = self.raw(b(c_in) * x, c_noise, class_labels, compute_dtype)
+        return b(c_skip) * x + b(c_out) * f
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,13 +529,13 @@ def build_from_record(ema) -> EDMPrecondNet:
 def _bundle(graphdef, params, constructor: dict, source: str):
     """`(denoise, meta)` of a network given as graphdef + parameter state (see `load`)."""
 
-    @jax.jit
-    def apply(params, x, sigma, class_labels=None):
-        return nnx.merge(graphdef, params)(x, sigma, class_labels)
+    @functools.partial(jax.jit, static_argnames="compute_dtype")
+    def apply(params, x, sigma, class_labels=None, compute_dtype=jnp.float32):
+        return nnx.merge(graphdef, params)(x, sigma, class_labels, compute_dtype)
 
-    @jax.jit
-    def apply_raw(params, x_in, c_noise, class_labels=None):
-        return nnx.merge(graphdef, params).raw(x_in, c_noise, class_labels)
+    @functools.partial(jax.jit, static_argnames="compute_dtype")
+    def apply_raw(params, x_in, c_noise, class_labels=None, compute_dtype=jnp.float32):
+        return nnx.merge(graphdef, params).raw(x_in, c_noise, class_labels, compute_dtype)
 
     precond = {k: float(constructor.get(k, d)) for k, d in
                (("sigma_data", 0.5), ("sigma_min", 0.0), ("sigma_max", float("inf")))}
@@ -609,6 +615,9 @@ def load(path):
     `denoise(x_nhwc, sigma[N], class_labels[N, label_dim] | None) -> D(x; sigma)` (NHWC float32)
     is a jitted function closing over the parameters; inside your own `jax.jit` use
     `meta['apply'](meta['params'], x, sigma, labels)` instead, so the parameters stay arguments.
+    Both take `compute_dtype=jnp.bfloat16` to run the network in bfloat16 with the float32
+    parameters cast at each use (normalisation statistics, softmax and the preconditioning stay
+    float32).
     `meta`: 'precond' (class_name, sigma_data, sigma_min, sigma_max), 'constructor' (the
     `EDMPrecondNet` kwargs), 'source', 'params' (nnx.State: Params and resample buffers),
     'graphdef', 'apply', 'apply_raw(params, x_in, c_noise, labels)' (the raw network F), 'net'.
