@@ -526,6 +526,14 @@ def build_from_record(ema) -> EDMPrecondNet:
     return nnx.eval_shape(lambda: EDMPrecondNet(**kw))
 
 
+def precond_of(constructor: dict) -> dict:
+    """The preconditioner record of `EDMPrecondNet` kwargs: class name and the sigma settings,
+    with `EDMPrecondNet`'s defaults for those the kwargs leave out."""
+    defaults = {"sigma_data": 0.5, "sigma_min": 0.0, "sigma_max": float("inf")}
+    return {"class_name": "EDMPrecond",
+            **{k: float(constructor.get(k, d)) for k, d in defaults.items()}}
+
+
 def _bundle(graphdef, params, constructor: dict, source: str):
     """`(denoise, meta)` of a network given as graphdef + parameter state (see `load`)."""
 
@@ -537,9 +545,7 @@ def _bundle(graphdef, params, constructor: dict, source: str):
     def apply_raw(params, x_in, c_noise, class_labels=None, compute_dtype=jnp.float32):
         return nnx.merge(graphdef, params).raw(x_in, c_noise, class_labels, compute_dtype)
 
-    precond = {k: float(constructor.get(k, d)) for k, d in
-               (("sigma_data", 0.5), ("sigma_min", 0.0), ("sigma_max", float("inf")))}
-    meta = dict(precond={"class_name": "EDMPrecond", **precond}, constructor=dict(constructor),
+    meta = dict(precond=precond_of(constructor), constructor=dict(constructor),
                 source=source, params=params, graphdef=graphdef, apply=apply,
                 apply_raw=apply_raw, net=nnx.merge(graphdef, params))
     return functools.partial(apply, params), meta
@@ -603,9 +609,7 @@ def describe(path) -> dict:
     from jaxdiff.torch_reader import read_edm_pickle
 
     kw = constructor_kwargs(read_edm_pickle(Path(path)).ema)
-    return {"constructor": kw, "source": path,
-            "precond": {"class_name": "EDMPrecond", **{k: float(kw.get(k, d)) for k, d in (
-                ("sigma_data", 0.5), ("sigma_min", 0.0), ("sigma_max", float("inf")))}}}
+    return {"constructor": kw, "source": path, "precond": precond_of(kw)}
 
 
 def load(path):
