@@ -197,23 +197,34 @@ def attention(qkv, num_heads: int):
 
 
 class UNetBlock(nnx.Module):
-    """SongUNet residual block (adaptive_scale False, skip_scale sqrt(0.5), eps 1e-6)."""
+    """EDM's residual block (spec 4.5): `__call__(x [N, H, W, in_channels], emb [N, emb_channels])
+    -> [N, H, W, out_channels]`. The defaults are SongUNet's (adaptive_scale False, skip_scale
+    sqrt(0.5), eps 1e-6, one head, a resampling block's skip a 1x1 conv). DhariwalUNet passes
+    adaptive_scale=True (`affine` gives 2 x out_channels: scale, shift), skip_scale 1, eps 1e-5,
+    num_heads=None (out_channels // channels_per_head heads, so none below 64 channels) and
+    resample_proj=False (the skip of a same-width down/up block is a kernel-0 resampler)."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, *,
                  up: bool = False, down: bool = False, attention: bool = False,
                  resample_filter=(1, 1), eps: float = SONG_UNET_EPS,
-                 skip_scale: float = SONG_UNET_SKIP_SCALE):
+                 skip_scale: float = SONG_UNET_SKIP_SCALE, num_heads: int | None = 1,
+                 channels_per_head: int = 64, resample_proj: bool = True,
+                 adaptive_scale: bool = False):
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.num_heads = 1 if attention else 0  # SongUNet: always one head
+        if num_heads is None:   # ADM: heads of channels_per_head channels each
+            num_heads = out_channels // channels_per_head
+        self.num_heads = num_heads if attention else 0
         self.skip_scale = skip_scale
+        self.adaptive_scale = adaptive_scale
         rf = dict(resample_filter=resample_filter)
         self.norm0 = GroupNorm(in_channels, eps=eps)
         self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, **rf)
-        self.affine = Linear(emb_channels, out_channels)
+        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1))
         self.norm1 = GroupNorm(out_channels, eps=eps)
         self.conv1 = Conv2d(out_channels, out_channels, 3)
-        if out_channels != in_channels or up or down:  # resample_proj=True in SongUNet
-            self.skip = Conv2d(in_channels, out_channels, 1, up=up, down=down, **rf)
+        if out_channels != in_channels or up or down:
+            kernel = 1 if resample_proj or out_channels != in_channels else 0
+            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down, **rf)
         else:
             self.skip = None
         if self.num_heads:
@@ -227,7 +238,11 @@ class UNetBlock(nnx.Module):
         orig = x
         x = self.conv0(jax.nn.silu(self.norm0(x)))
         a = self.affine(emb)[:, None, None, :]
-        x = jax.nn.silu(self.norm1(x + a))
+        if self.adaptive_scale:  # ADM: silu(shift + norm1(x) * (scale + 1))
+            scale, shift = jnp.split(a, 2, axis=-1)
+            x = jax.nn.silu(shift + self.norm1(x) * (scale + 1))
+        else:
+            x = jax.nn.silu(self.norm1(x + a))
         x = self.conv1(x)  # dropout: eval mode
         x = (x + (self.skip(orig) if self.skip is not None else orig)) * self.skip_scale
         if self.num_heads:
