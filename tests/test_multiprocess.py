@@ -201,8 +201,7 @@ def test_train_denoiser_and_samplers(tmp_path, monkeypatch):
     sample = ["run_dir", "sample", f"--config.model_dir={model}", "--config.solver.steps=3",
               "--config.num_samples=8", "--config.batch_size=8",
               "--config.quality.enabled=False", *Q]
-    guidances = {
-        "heun": ["--config", "sample_digits"],
+    guidances = {   # DiffRS and LiDAR both run plain Heun inside (base proposals, lookahead)
         "diffrs": ["--config", "sample_digits_diffrs", f"--config.guidance.disc_dir={one}",
                    "--config.guidance.warmup=8", "--config.guidance.warmup_batch=8"],
         "lidar": ["--config", "lidar_digits", "--config.guidance.num_lookahead=4",

@@ -68,7 +68,7 @@ def test_train_writes_outputs_and_matches_reference_loop(trained):
 
 def test_resume_equals_uninterrupted(trained, tmp_path, capsys):
     """Stopped after step 3 and resumed: on the 8 devices of the uninterrupted run bitwise its
-    model; on another mesh (8 -> 4, 4 -> 8 devices) within 1e-6 (observed 6e-8)."""
+    model; on another mesh (8 -> 4 devices) within 1e-6 (observed 6e-8)."""
     run_dir, out = trained
 
     def run(d, n, resume):

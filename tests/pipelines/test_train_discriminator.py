@@ -90,7 +90,7 @@ def test_pipeline_outputs_and_diffrs(model_dir, trained_disc, tmp_path):
 @pytest.mark.slow
 def test_resume_equals_uninterrupted(model_dir, trained_disc, tmp_path):
     """Stopped after step 2 and resumed: on the 8 devices of the uninterrupted run bitwise its
-    discriminator; on another mesh (8 -> 4, 4 -> 8) within 1e-6 (observed 3e-8). The fake set
+    discriminator; on another mesh (8 -> 4) within 1e-6 (observed 3e-8). The fake set
     of the first part (`fake.npz`) is reused, whatever mesh the resume has."""
 
     def run(d, n, resume):
