@@ -123,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("import-checkpoint", help=IMPORT_HELP, description=IMPORT_HELP)
     sp.add_argument("file", help="an EDM network pickle (edm-*.pkl, network-snapshot-*.pkl)")
     sp.add_argument("--out", required=True, help="a new (or empty) directory")
+    from jaxdiff.fid.commands import add_arguments as add_fid_arguments  # imports no jax
+    add_fid_arguments(sub)
     return p
 
 
@@ -153,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
                 from jaxdiff.models.edm import import_checkpoint
                 print(f"[jaxdiff import-checkpoint] wrote {import_checkpoint(args.file, args.out)}"
                       " (load it with jaxdiff.models.edm.load)")
+        except UserError as e:
+            _user_error(args.command, e)
+        return 0
+    if args.command in ("fid-ref", "fid"):                  # FID: no config either
+        try:
+            from jaxdiff.fid.commands import run as run_fid
+            print(run_fid(args))
         except UserError as e:
             _user_error(args.command, e)
         return 0

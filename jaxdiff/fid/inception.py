@@ -85,7 +85,7 @@ class Conv(nnx.Module):
 
 
 class BatchNorm(nnx.Module):
-    """BatchNorm2d in inference form: (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+    """BatchNorm2d, inference form: (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
 
     def __init__(self, c: int, eps: float = BN_EPS):
         self.eps = eps

@@ -8,10 +8,6 @@ pytorch-fid's `fid_inception_v3` builds (the layout of `pt_inception-2015-12-05-
 
 from __future__ import annotations
 
-import importlib.util
-import json
-from pathlib import Path
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,46 +17,16 @@ from jaxdiff.fid import inception as I
 from jaxdiff.fid.weights import WEIGHTS_ENV
 from jaxdiff.torch_reader import read_state_dict
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fid"
 TOL = 1e-4   # relative to the largest |value|; float32 through 94 conv layers gives ~5e-7
-
-
-def _seeded_module():
-    spec = importlib.util.spec_from_file_location("fid_seeded_weights",
-                                                  FIXTURES / "seeded_weights.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def standard_table() -> dict:
-    entries = json.loads((FIXTURES / "pt_inception_state_dict.json").read_text())["entries"]
-    return {name: (tuple(shape), dtype) for name, shape, dtype in entries}
-
-
-@pytest.fixture(scope="module")
-def seeded_sd():
-    return _seeded_module().seeded_state_dict({k: s for k, (s, _) in standard_table().items()})
-
-
-@pytest.fixture(scope="module")
-def net(seeded_sd):
-    return I.from_state_dict(seeded_sd, "seeded")
-
-
-@pytest.fixture(scope="module")
-def fx():
-    with np.load(FIXTURES / "fid_features.npz") as f:
-        return dict(f)
 
 
 def _rel(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, np.float64) - b)) / np.max(np.abs(b)))
 
 
-def test_structure_is_the_standard_files(fx):
+def test_structure_is_the_standard_files(standard_table):
     """Every name and shape of the standard state dict is what the port consumes, none left."""
-    table = standard_table()
+    table = standard_table
     want = I.expected_state_dict()
     assert len(table) == len(want) == 566
     assert set(table) == set(want)
@@ -158,9 +124,9 @@ def test_bad_state_dicts_are_listed(seeded_sd):
 
 
 @pytest.mark.parametrize("name", ["partial_zip.pth", "partial_legacy.pth"])
-def test_wrong_weight_files_are_refused_by_name(name):
+def test_wrong_weight_files_are_refused_by_name(fid_dir, name):
     """torch.save files (both serialisations) read without torch, then refused by name."""
-    path = FIXTURES / name
+    path = fid_dir / name
     sd = read_state_dict(path)
     assert sd["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)
     with pytest.raises(I.WeightsMismatchError) as e:

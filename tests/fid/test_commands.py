@@ -1,0 +1,100 @@
+"""`jaxdiff fid-ref` and `jaxdiff fid` through the real CLI entry (`cli.main`): outputs and
+refusals (exit 2, one message naming the bad value)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxdiff import cli
+from jaxdiff.fid import commands, frechet, inception, stats
+from jaxdiff.fid.weights import FID_WEIGHTS_URL, WEIGHTS_ENV
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _stats_file(path, d=2048, seed=0, shift=0.0):
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(0.5, 2.0, d)
+    np.savez(path, mu=rng.normal(size=d) + shift, sigma=np.diag(a))
+    return path
+
+
+def test_parser_choices_are_the_library_ones():
+    assert commands.RESIZE_CHOICES == inception.RESIZE_MODES
+    assert commands.METHOD_CHOICES == frechet.METHODS
+
+
+def test_fid_of_statistics_files(tmp_path, capsys):
+    a, b = _stats_file(tmp_path / "a.npz", seed=1), _stats_file(tmp_path / "b.npz", seed=2)
+    code, out, _ = run_cli(["fid", "--images", str(a), "--ref", str(b)], capsys)
+    assert code == 0
+    with np.load(a) as za, np.load(b) as zb:
+        want = frechet.fid_from_statistics(za["mu"], za["sigma"], zb["mu"], zb["sigma"])
+    assert out.startswith(f"FID {want:.6g} (statistics {a} vs {b}; resize=tf)")
+
+
+def test_fid_ref_then_fid_of_the_same_images(net, seeded_sd, tmp_path, monkeypatch, capsys):
+    """fid-ref on 3 digits images, then fid of those 3 images as a samples.npz: FID ~ 0."""
+    from jaxdiff import torch_reader
+    from jaxdiff.data import load
+
+    weights = tmp_path / inception.FID_WEIGHTS_NAME
+    weights.write_bytes(b"stand-in")            # exists; its reading is replaced below
+    monkeypatch.setattr(torch_reader, "read_state_dict", lambda p: dict(seeded_sd))
+    monkeypatch.setenv("JAXDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(WEIGHTS_ENV, str(weights))
+    ref = tmp_path / "refs" / "digits.npz"
+    code, out, err = run_cli(["fid-ref", "--dataset", "digits", "--split", "train", "--limit",
+                              "3", "--batch", "4", "--out", str(ref)], capsys)
+    assert code == 0, err
+    assert f"wrote {ref} (3 images; FID Inception-v3" in out
+    with np.load(ref) as z:
+        assert set(z.files) == {"mu", "sigma", "count", "detector", "resize", "source"}
+        assert str(z["source"]) == "digits:train" and int(z["count"]) == 3
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, images=load("digits", "train").images[:3])
+    code, out, err = run_cli(["fid", "--images", str(samples), "--ref", str(ref), "--batch", "4"],
+                             capsys)
+    assert code == 0, err
+    assert abs(float(out.split()[1])) < 1e-3 and f"3 images from {samples}" in out
+
+
+@pytest.mark.parametrize("case", ["no_weights", "missing_ref", "dim", "images", "dataset",
+                                  "out_dir", "npz_keys"])
+def test_refusals(case, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    ref = _stats_file(tmp_path / "ref.npz")
+    samples = tmp_path / "s.npz"
+    np.savez(samples, images=np.zeros((4, 8, 8, 3), np.uint8))
+    argv, expect = {
+        "no_weights": (["fid", "--images", str(samples), "--ref", str(ref)],
+                       [FID_WEIGHTS_URL, WEIGHTS_ENV]),
+        "missing_ref": (["fid", "--images", str(samples), "--ref", str(tmp_path / "x.npz")],
+                        [str(tmp_path / "x.npz"), stats.EDM_REFS_URL]),
+        "dim": (["fid", "--images", str(samples), "--ref",
+                 str(_stats_file(tmp_path / "r64.npz", d=64))], ["dimension 64", "have 2048"]),
+        "images": (["fid", "--images", str(tmp_path / "none"), "--ref", str(ref)],
+                   [str(tmp_path / "none"), "no such file or directory"]),
+        "dataset": (["fid-ref", "--dataset", "cifar11", "--out", str(tmp_path / "o.npz")],
+                    ["unknown dataset 'cifar11'"]),
+        "out_dir": (["fid-ref", "--dataset", "digits", "--out", str(tmp_path)],
+                    ["is a directory"]),
+        "npz_keys": (["fid", "--images", str(_stats_file(tmp_path / "k.npz")), "--ref", str(ref),
+                      "--method", "sqrtm"], None),
+    }[case]
+    if case == "npz_keys":   # a statistics file of another shape: the sigma check names it
+        np.savez(tmp_path / "k.npz", mu=np.zeros(2048), sigma=np.eye(3))
+        expect = ["sigma (3, 3)"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 2 and out == ""
+    assert err.startswith(f"jaxdiff {argv[0]}: ") and "Traceback" not in err
+    for part in expect:
+        assert part in err
