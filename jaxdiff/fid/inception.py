@@ -310,6 +310,13 @@ def resize_matrix(n_in: int, n_out: int, mode: str) -> np.ndarray:
     return m.astype(np.float32)
 
 
+def to_pixels(x):
+    """Model-space images in [-1, 1] -> the uint8 pixel values EDM's `generate.py` saves
+    (x * 127.5 + 128, clipped to [0, 255], truncated), as float32 so they stay on device. FID
+    papers score these PNGs, so quantise before `preprocess` to match them."""
+    return jnp.floor(jnp.clip(x.astype(jnp.float32) * 127.5 + 128.0, 0.0, 255.0))
+
+
 @functools.partial(jax.jit, static_argnames=("mode", "size"))
 def preprocess(images, mode: str = "tf", size: int = INPUT_SIZE):
     """Pixels `[N, H, W, C]` in [0, 255] (uint8 or float; C = 3, or 1 repeated to 3 as EDM does)

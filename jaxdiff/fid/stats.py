@@ -121,9 +121,7 @@ class InceptionStatistics:
         self.moments = replicate(init_moments(FEATURE_DIM), self.mesh)
 
     def add(self, images) -> None:
-        """Fold `[n, H, W, C]` pixels in [0, 255] (uint8, or float; C = 3 or 1) into the sums."""
-        from jaxdiff.sharding import shard_batch
-
+        """Fold `[n, H, W, C]` host pixels in [0, 255] (uint8, or float; C = 3 or 1), any n."""
         images = np.asarray(images)
         b = self.batch_size
         for start in range(0, len(images), b):
@@ -133,10 +131,28 @@ class InceptionStatistics:
             if len(chunk) < b:
                 chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]),
                                                         chunk.dtype)])
-            x, mask = shard_batch((chunk, mask), self.mesh)
-            self.moments = inception_step(self.params, self.moments,
-                                          preprocess(x, mode=self.resize), mask,
-                                          graphdef=self.net.graphdef)
+            self.add_batch(chunk, mask)
+
+    def add_batch(self, x, mask=None) -> None:
+        """Fold one batch of exactly `batch_size` images, `[B, H, W, C]` pixels in [0, 255]:
+        a host array, or a jax.Array (e.g. samples made on device, see `inception.to_pixels`;
+        it stays on device and is only resharded onto the mesh if placed otherwise). `mask`
+        [B]: 1 for rows to count (default all)."""
+        from jaxdiff.sharding import batch_sharding, put, shard_batch
+
+        if x.shape[0] != self.batch_size:
+            raise ValueError(f"add_batch takes batches of {self.batch_size} rows, got "
+                             f"{x.shape[0]}; use add() for other counts")
+        if mask is None:
+            mask = np.ones((self.batch_size,), np.float32)
+        if isinstance(x, jax.Array):
+            x = jax.device_put(x, batch_sharding(self.mesh))
+            mask = put(np.asarray(mask, np.float32), batch_sharding(self.mesh))
+        else:
+            x, mask = shard_batch((np.asarray(x), np.asarray(mask, np.float32)), self.mesh)
+        self.moments = inception_step(self.params, self.moments,
+                                      preprocess(x, mode=self.resize), mask,
+                                      graphdef=self.net.graphdef)
 
     @property
     def count(self) -> int:

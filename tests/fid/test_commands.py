@@ -98,3 +98,38 @@ def test_refusals(case, tmp_path, monkeypatch, capsys):
     assert err.startswith(f"jaxdiff {argv[0]}: ") and "Traceback" not in err
     for part in expect:
         assert part in err
+
+
+def test_image_sources(tmp_path):
+    """A PNG folder (recursive, sorted by relative path, gray repeated to RGB, read a chunk at a
+    time) and a samples.npz holding only model-space `samples` give the expected uint8 pixels."""
+    from PIL import Image
+
+    rng = np.random.default_rng(6)
+    imgs = rng.integers(0, 256, (5, 6, 6, 3), dtype=np.uint8)
+    names = ["b/01.png", "a/10.png", "a/02.png", "c.png", "b/00.png"]
+    for name, im in zip(names, imgs):
+        (tmp_path / "png" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(tmp_path / "png" / name)
+    Image.fromarray(imgs[0, :, :, 0]).save(tmp_path / "png" / "d.png")   # grayscale
+    kind, (batches, what) = commands.open_images(tmp_path / "png", chunk=4)
+    got = list(batches)
+    assert kind == "images" and what.startswith("6 image files") and len(got) == 2
+    order = np.argsort(names)              # a/02, a/10, b/00, b/01, c
+    np.testing.assert_array_equal(np.concatenate(got)[:5], imgs[order])
+    np.testing.assert_array_equal(got[1][1], np.repeat(imgs[0, :, :, :1], 3, axis=-1))
+
+    x = rng.uniform(-1, 1, (3, 4, 4, 3)).astype(np.float32)
+    np.savez(tmp_path / "samples.npz", samples=x)
+    kind, (batches, _) = commands.open_images(tmp_path / "samples.npz")
+    np.testing.assert_array_equal(next(batches), np.round((x + 1) * 127.5).astype(np.uint8))
+
+
+def test_parser_imports_no_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys; from jaxdiff import cli; cli._parser().parse_args(['fid', '--images', "
+            "'a', '--ref', 'b']); print(sorted(m for m in ('jax', 'flax') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -98,6 +98,14 @@ def test_sharded_batches_give_the_same_sums():
     assert np.max(np.abs(got[1] - want[1])) < 1e-6 * np.max(np.abs(want[1]))
 
 
+def test_to_pixels_is_edms_quantisation():
+    x = jnp.asarray([-1.5, -1.0, -0.999, 0.0, 0.5, 0.996, 1.0, 2.0])
+    # EDM: (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+    want = np.trunc(np.clip(np.asarray(x, np.float32) * 127.5 + 128, 0, 255))
+    np.testing.assert_array_equal(np.asarray(inception.to_pixels(x)), want)
+    assert list(want) == [0, 0, 0, 128, 191, 254, 255, 255]
+
+
 def test_finalize_needs_two_images():
     m = update(stats.init_moments(4), jnp.ones((1, 4)))
     with pytest.raises(UserError, match="at least 2 images; got 1"):
@@ -112,8 +120,9 @@ def test_inception_stream_matches_pytorch_fid_features(net, fx):
     recorded features (EDM/TF preprocessing)."""
     acc = stats.InceptionStatistics(net, batch_size=4, resize="tf")
     assert acc.mesh.size == 4
-    acc.add(fx["images"][:1])
-    acc.add(fx["images"][1:])
+    acc.add(fx["images"][:1])                       # host pixels, padded to the batch
+    on_device = jnp.asarray(np.r_[fx["images"][1:], np.zeros((3, 32, 32, 3), np.uint8)])
+    acc.add_batch(on_device.astype(jnp.float32), np.array([1, 0, 0, 0], np.float32))
     assert acc.count == 2
     mu, sigma = acc.result()
     ref = fx["features_tf"].astype(np.float64)
