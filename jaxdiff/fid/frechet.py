@@ -2,11 +2,12 @@
 
     FID = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))
 
-`method="eigh"` (default) takes the trace term from the symmetric form: S1 S2 is similar to
-M = S1^(1/2) S2 S1^(1/2) (AB and BA share their non-zero eigenvalues), and M is symmetric positive
-semi-definite, so tr((S1 S2)^(1/2)) = sum_i sqrt(max(lambda_i(M), 0)) with both roots from `eigh`
-(`jaxdiff.diffusion.quality.frechet_distance`). That is stable for the singular covariances of
-fewer samples than dimensions (2048) and never gives complex values.
+`method="eigh"` (default) takes the trace term from a symmetric form: S1 S2 has the eigenvalues
+of M = B^T S2 B for any B with B B^T = S1 (AB and BA share their non-zero eigenvalues), and M is
+symmetric positive semi-definite, so tr((S1 S2)^(1/2)) = sum_i sqrt(max(lambda_i(M), 0)) from one
+`eigvalsh`. B is the Cholesky factor of S1, or its symmetric square root from `eigh` when S1 is
+singular (fewer samples than dimensions; `jaxdiff.diffusion.quality.frechet_distance`). Stable,
+and never complex.
 
 `method="sqrtm"` is the computation of pytorch-fid's `calculate_frechet_distance` and EDM's
 `fid.py`: `scipy.linalg.sqrtm(S1 @ S2)`, with pytorch-fid's fallback of adding eps * I to both
@@ -57,6 +58,23 @@ def _sqrtm_trace(s1, s2, eps: float) -> float:
     return float(np.trace(covmean))
 
 
+def _fid_cholesky(mu1, s1, mu2, s2) -> float:
+    """The "eigh" method: with S1 = L L^T (Cholesky), M = L^T S2 L is symmetric PSD with the
+    eigenvalues of S2 S1, so one `eigvalsh` gives the trace term (about half the work of two
+    eigendecompositions: ~1.5 s for D = 2048 on two cores). A singular S1 (fewer samples than
+    dimensions) has no Cholesky factor: then the symmetric square-root form of
+    `jaxdiff.diffusion.quality.frechet_distance` is used."""
+    s1, s2 = 0.5 * (s1 + s1.T), 0.5 * (s2 + s2.T)
+    try:
+        low = np.linalg.cholesky(s1)
+    except np.linalg.LinAlgError:
+        return frechet_distance(mu1, s1, mu2, s2)
+    m = low.T @ s2 @ low
+    tr_sqrt = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (m + m.T)), 0.0, None))))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
+
+
 def fid_from_statistics(mu1, sigma1, mu2, sigma2, *, method: str = "eigh",
                         eps: float = 1e-6) -> float:
     """FID between N(mu1, sigma1) and N(mu2, sigma2) (e.g. samples vs reference `.npz`), float64.
@@ -69,7 +87,7 @@ def fid_from_statistics(mu1, sigma1, mu2, sigma2, *, method: str = "eigh",
         raise UserError(f"feature dimensions differ: {mu1.size} vs {mu2.size}; both statistics "
                         f"must come from the same network layer (FID: 2048-d pool3)")
     if method == "eigh":
-        return frechet_distance(mu1, sigma1, mu2, sigma2)
+        return _fid_cholesky(mu1, sigma1, mu2, sigma2)
     if method != "sqrtm":
         raise UserError(f"method {method!r} is not one of {', '.join(METHODS)}")
     diff = mu1 - mu2

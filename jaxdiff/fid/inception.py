@@ -14,19 +14,21 @@ graph's epsilon), ReLU. The FID features are the 2048-d output of the final glob
 ("pool3"); `fc` (2048 -> 1008 logits) is kept so the file maps one to one and for Inception Score.
 
 Inputs: `FIDInceptionV3` takes NHWC float32 images of 299x299 already scaled to [-1, 1];
-`preprocess` produces them from pixels in [0, 255]. Two detectors of the literature share these
-weights and this graph and differ only there:
+`preprocess` produces them from pixels in [0, 255]. The two detectors of the literature are both
+conversions of that TF graph and its weights, and differ only in this input step:
 
 | detector | used by | input | resize to 299x299 | scaling |
 | --- | --- | --- | --- | --- |
 | pytorch-fid `InceptionV3` | pytorch-fid | float [0, 1] | `F.interpolate` bilinear, align_corners=False (half-pixel centres, src = (dst + 0.5) * in/out - 0.5, clamped at 0), no antialias | 2x - 1 |
-| StyleGAN3 `inception-2015-12-05.pkl` (TorchScript) | NVlabs/edm `fid.py` (EDM, DG, DiffRS numbers; EDM's reference `.npz` files) | uint8 [0, 255] | TF1 `resize_bilinear` emulated with `grid_sample` (border padding): src = dst * in/out | (x - 128) / 128 |
+| StyleGAN3 `inception-2015-12-05.pkl` (TorchScript) | NVlabs/edm `fid.py` (EDM, DG, DiffRS numbers; EDM's reference `.npz` files) | uint8 [0, 255] | TF1 `resize_bilinear` emulated with `grid_sample` (border padding): src = dst * in/out | (x - 128) / 128, in [-1, 0.992] |
 
 `preprocess(..., resize="tf")` is the second (default: it matches EDM's published reference
-statistics); `resize="pytorch-fid"` the first. For CIFAR-10's 32 -> 299 upsampling the two grids
-differ by about 0.45 source pixels, which moves FID measurably: score against reference
-statistics computed with the same mode. jaxdiff reads only pytorch-fid's state-dict file (EDM's
-detector pickle is TorchScript, i.e. code; it is not read).
+statistics); `resize="pytorch-fid"` the first. For CIFAR-10's 32 -> 299 upsampling the two
+sampling grids are offset by 0.5 - 0.5 * 32/299 = 0.45 source pixels, so the features differ
+(by ~1% on the fixture's images): score against reference statistics computed with the same
+mode. EDM scores samples saved as uint8 PNGs; `to_pixels` applies its quantisation on device.
+jaxdiff reads only pytorch-fid's state-dict file (EDM's detector pickle is TorchScript, i.e.
+code; it is not read).
 
 Parameter mapping (one to one; the torch dotted name IS the Flax path, `name.split('.')`):
 
