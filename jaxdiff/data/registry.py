@@ -3,13 +3,21 @@
 The statistics are the per-channel mean/std of pixels scaled to [0, 1] that the reference code uses
 (dd-common.md §1.1, DC/MTT `get_dataset`). They are properties of the *method* as much as of the
 data — CIFAR-100 references disagree, LCMat uses another CIFAR std — so every consumer can
-override them: `with_stats(info, "lcmat_cifar")` or `normalize(images, info, stats=...)`.
+override them: `with_stats(info, "lcmat_cifar")`, `get_info(..., stats=...)`, `load(...,
+stats=...)` or `normalize(images, info, stats=...)`.
+
+Two kinds of TFDS entries: fixed-shape datasets decoded whole (`source="tfds"`: CIFAR, MNIST,
+SVHN), and photo datasets (`source="photos"`: the ImageNet subsets, ImageNette from TFDS,
+Tiny-ImageNet) whose chosen classes are decoded photo by photo, transformed to the resolution
+the references use and cached (`jaxdiff.data.photos`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import NamedTuple
+
+from jaxdiff.data import imagenet as _imagenet
 
 SPLITS = ("train", "test")
 
@@ -31,7 +39,10 @@ class DatasetInfo:
       class_names: `num_classes` human-readable names, index = label.
       image_shape: `(H, W, C)` of the loaded images (after any `image_size` resize).
       mean, std: per-channel statistics, `C` floats each, of pixels scaled to [0, 1].
-      num_examples: number of examples in the loaded split.
+      num_examples: number of examples in the loaded split (`get_info`: the registry's size, 0
+        where it depends on the prepared data, e.g. an ImageNet subset's train split).
+      undecodable: photos of the split that failed to decode and were skipped (photo datasets;
+        `load` reports it, `get_info` says 0).
     """
 
     name: str
@@ -41,6 +52,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     num_examples: int
+    undecodable: int = 0
 
     @property
     def stats(self) -> Stats:
@@ -48,8 +60,36 @@ class DatasetInfo:
 
 
 @dataclasses.dataclass(frozen=True)
+class PhotoSource:
+    """Where a photo dataset's images come from and how they become training images.
+
+    Attributes:
+      tfds_names: prepared TFDS datasets to look for, in order (first found wins), e.g.
+        ("imagenet2012",) or the `imagenette/<config>` variants.
+      splits: `((jaxdiff split, TFDS split), ...)`: "test" is the TFDS "validation" split.
+      wnids: the classes to keep, in label order (the source's label names, e.g. WordNet ids);
+        None keeps every class of the source in its own order.
+      fit: "squash" (the references: Resize((res, res)), aspect ratio not kept) or
+        "short_side_crop" (shorter side to res, centre crop); see `transforms.resize_crop`.
+      antialias: antialias when shrinking (the references' tensor Resize does not).
+      hint: how to prepare the source (shown when it is missing).
+    """
+
+    tfds_names: tuple[str, ...]
+    splits: tuple[tuple[str, str], ...]
+    wnids: tuple[str, ...] | None
+    fit: str = "squash"
+    antialias: bool = False
+    hint: str = ""
+
+    def tfds_split(self, split: str) -> str:
+        return dict(self.splits)[split]
+
+
+@dataclasses.dataclass(frozen=True)
 class _Entry:
-    """Registry row. `source` is 'tfds' (read with `tfds.data_source(tfds_name)`) or 'sklearn'."""
+    """Registry row. `source` is 'tfds' (read with `tfds.data_source(tfds_name)`), 'photos'
+    (`photos` says from where and how; `jaxdiff.data.photos`) or 'sklearn'."""
 
     source: str
     tfds_name: str
@@ -59,8 +99,10 @@ class _Entry:
     split_sizes: dict
     prepare_hint: str
     # Images per class of the train split, by label (fixed by the dataset's construction); None
-    # where it is only known from the data (the embedded digits: `train_class_counts` computes it).
+    # where it is only known from the data (the embedded digits, whose counts come from its
+    # split, and the photo datasets: `sources.train_class_counts` counts them in the data).
     train_class_counts: tuple[int, ...] | None = None
+    photos: PhotoSource | None = None
 
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -134,6 +176,32 @@ _REGISTRY: dict[str, _Entry] = {
                      {"train": 1438, "test": 359}, "digits is embedded in scikit-learn"),
 }
 
+_VALIDATION_AS_TEST = (("train", "train"), ("test", "validation"))
+# The ImageNet subsets (jaxdiff.data.imagenet) at the references' 128 px, from TFDS
+# imagenet2012; the test split is ImageNet's validation split (50 photos per class).
+for _name, _subset in _imagenet.SUBSETS.items():
+    _REGISTRY[_name] = _Entry(
+        "photos", "imagenet2012", (128, 128, 3), _subset.names, STATS["imagenet"],
+        {"train": 0, "test": 500}, _imagenet.IMAGENET_HINT,
+        photos=PhotoSource(("imagenet2012",), _VALIDATION_AS_TEST, _subset.wnids,
+                           hint=_imagenet.IMAGENET_HINT))
+# ImageNette from TFDS `imagenette` (fast.ai's photos of the same ten classes, its own splits),
+# labels in the references' order.
+_REGISTRY["imagenette_tfds"] = _Entry(
+    "photos", "imagenette", (128, 128, 3), _imagenet.SUBSETS["imagenette"].names,
+    STATS["imagenet"], {"train": 0, "test": 0}, _imagenet.IMAGENETTE_HINT,
+    photos=PhotoSource(tuple(f"imagenette/{c}" for c in _imagenet.IMAGENETTE_CONFIGS),
+                       _VALIDATION_AS_TEST, _imagenet.SUBSETS["imagenette"].wnids,
+                       hint=_imagenet.IMAGENETTE_HINT))
+# Tiny-ImageNet (200 classes, 64 px, ImageNet statistics: dd-common.md §1.1), prepared from the
+# official zip by `python -m jaxdiff.data.tiny_imagenet`: labels = sorted WordNet ids (the
+# references' ImageFolder order), test = the official validation split. Class names here are
+# label numbers; a loaded split carries the WordNet ids.
+_REGISTRY["tiny_imagenet"] = _Entry(
+    "photos", "tiny_imagenet", (64, 64, 3), tuple(str(i) for i in range(200)), STATS["imagenet"],
+    {"train": 100000, "test": 10000}, _imagenet.TINY_HINT,
+    photos=PhotoSource(("tiny_imagenet",), _VALIDATION_AS_TEST, None, hint=_imagenet.TINY_HINT))
+
 DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
@@ -166,15 +234,18 @@ def as_size(image_size) -> tuple[int, int] | None:
     return size
 
 
-def get_info(name: str, split: str = "train", *, image_size=None) -> DatasetInfo:
-    """The `DatasetInfo` that `load(name, split, image_size=...)` returns, without loading data."""
+def get_info(name: str, split: str = "train", *, image_size=None, stats=None) -> DatasetInfo:
+    """The `DatasetInfo` that `load(name, split, image_size=..., stats=...)` returns, without
+    loading data (`num_examples` from the registry; 0 where only the data knows). `stats`: other
+    normalisation statistics (see `with_stats`), None for the dataset's own."""
     e = entry(name)
     check_split(split)
     size = as_size(image_size)
     shape = e.image_shape if size is None else (*size, e.image_shape[2])
-    return DatasetInfo(name=name, num_classes=len(e.class_names), class_names=e.class_names,
+    info = DatasetInfo(name=name, num_classes=len(e.class_names), class_names=e.class_names,
                        image_shape=shape, mean=e.stats.mean, std=e.stats.std,
                        num_examples=e.split_sizes[split])
+    return info if stats is None else with_stats(info, stats)
 
 
 def with_stats(info: DatasetInfo, stats: Stats | str | tuple) -> DatasetInfo:

@@ -2,7 +2,8 @@
 
 TFDS datasets are read with `tfds.data_source` (ArrayRecord random access; no TensorFlow), never
 downloaded and never from GCS. Decoded arrays are cached (see `cache.py`), so only the first load
-of a split pays for decoding.
+of a split pays for decoding. Photo datasets (ImageNet subsets, Tiny-ImageNet) go through
+`photos.py`: only their classes' photos are decoded, transformed the references' way, cached.
 """
 
 from __future__ import annotations
@@ -37,28 +38,37 @@ class Dataset(NamedTuple):
 
 
 def load(name: str, split: str = "train", data_dir=None, *, image_size=None,
-         cache: bool = True, mmap: bool = False) -> Dataset:
+         cache: bool = True, mmap: bool = False, stats=None) -> Dataset:
     """Load a whole split of dataset `name` as uint8 arrays.
 
     Args:
       name: one of `DATASET_NAMES` (`cifar10`, `cifar10_jpeg`, `cifar100`, `mnist`,
-        `fashion_mnist`, `svhn_cropped`, `digits`).
+        `fashion_mnist`, `svhn_cropped`, `digits`; the photo datasets `imagenette`, `imagewoof`,
+        `imagefruit`, `imageyellow`, `imagemeow`, `imagesquawk` (from TFDS imagenet2012),
+        `imagenette_tfds` (TFDS imagenette), `tiny_imagenet`).
       split: "train" or "test".
       data_dir: TFDS data root; when None the search order of `jaxdiff.data.datadirs` applies.
         Ignored for `digits`, which is embedded in scikit-learn.
       image_size: None (native size), an int S or `(H, W)`: resize with antialiased bilinear
-        interpolation, half-pixel centres (`resize_bilinear`), rounded back to uint8.
+        interpolation, half-pixel centres (`resize_bilinear`), rounded back to uint8. Photo
+        datasets take a square S only and build it from each full-size photo with the
+        references' transform (`transforms.resize_crop`), not from the native-size images.
       cache: read/write decoded arrays under `$JAXDIFF_CACHE_DIR` (default `~/.cache/jaxdiff`).
       mmap: return a cached split as read-only memory maps (rows are read from disk when
         indexed) instead of in-memory copies; a split decoded by this call is in memory anyway.
+      stats: normalisation statistics for the returned `info` (a `STATS` key, `Stats` or
+        `(mean, std)`; see `with_stats`), None for the dataset's own.
 
     Raises:
       ValueError: unknown name, split or image_size.
-      DatasetNotFoundError (a FileNotFoundError): TFDS data absent from every searched directory.
+      DatasetNotFoundError (a FileNotFoundError): TFDS data absent from every searched directory;
+        `photos.MissingClassesError` (one) when a photo source lacks classes of the dataset.
     """
     e = entry(name)
     check_split(split)
     size = as_size(image_size)
+    if e.source == "photos":
+        return _load_photos(name, e, split, data_dir, size, cache=cache, mmap=mmap, stats=stats)
     if e.source == "sklearn":
         located, key = None, {"source": "sklearn-digits", "split_seed": DIGITS_SPLIT_SEED}
     else:
@@ -80,9 +90,26 @@ def load(name: str, split: str = "train", data_dir=None, *, image_size=None,
             images = resize_bilinear(images, size)
         if cache:
             _cache.write(path, {"images": images, "labels": labels})
-    info = get_info(name, split, image_size=size)
+    info = get_info(name, split, image_size=size, stats=stats)
     info = dataclasses.replace(info, num_examples=len(labels))
     return Dataset(images, labels, info)
+
+
+def _load_photos(name, e, split, data_dir, size, *, cache, mmap, stats) -> Dataset:
+    """A photo dataset's split at a square size (default: the registry's)."""
+    from jaxdiff.data import photos
+
+    if size is not None and size[0] != size[1]:
+        raise ValueError(f"{name}: image_size must be square for photo datasets (the references "
+                         f"resize to res x res), got {size}")
+    res = size[0] if size is not None else e.image_shape[0]
+    got = photos.load_photos(name, e, split, data_dir, res=res, cache=cache, mmap=mmap)
+    info = get_info(name, split, image_size=size, stats=stats)
+    info = dataclasses.replace(info, num_examples=len(got["labels"]),
+                               undecodable=len(got["undecodable"]),
+                               class_names=tuple(e.class_names if e.photos.wnids is not None
+                                                 else got["class_names"]))
+    return Dataset(got["images"], got["labels"], info)
 
 
 def _stamp(located: Located) -> list[int]:
@@ -155,18 +182,27 @@ def _read_tfds(name: str, e, split: str, located: Located) -> tuple[np.ndarray, 
 
 def check_available(name: str, data_dir=None) -> None:
     """Raise `DatasetNotFoundError` (a `UserError`: every directory searched and how to prepare
-    the data) unless `load(name, ..., data_dir=data_dir)` finds its data; cheap (no decode)."""
+    the data) unless `load(name, ..., data_dir=data_dir)` finds its data; cheap (no decode; a
+    photo source's label names are checked for the dataset's classes)."""
     e = entry(name)
-    if e.source != "sklearn":
+    if e.source == "photos":
+        from jaxdiff.data import photos
+        photos.check_classes(name, e, data_dir)
+    elif e.source != "sklearn":
         locate(e.tfds_name, data_dir, hint=e.prepare_hint)
 
 
-def train_class_counts(name: str) -> tuple[int, ...]:
-    """Images per class of the train split of `name`, by label, without loading the images:
+def train_class_counts(name: str, data_dir=None) -> tuple[int, ...]:
+    """Images per class of the train split of `name`, by label, without decoding images:
     the registry's table (fixed by each dataset's construction), the embedded digits' from its
-    split. A run checks its loaded data against it (`distill` does, before use)."""
+    split, a photo dataset's from the source's label index (read once per source and split,
+    then cached; `data_dir` as for `load`). A run checks its loaded data against it (`distill`
+    does, before use)."""
     e = entry(name)
     if e.train_class_counts is not None:
         return tuple(e.train_class_counts)
+    if e.source == "photos":
+        from jaxdiff.data import photos
+        return photos.class_counts(name, e, "train", data_dir)
     _, labels = load_digits_split("train")
     return tuple(int(c) for c in np.bincount(labels, minlength=len(e.class_names)))

@@ -14,30 +14,32 @@ import numpy as np
 from jaxdiff.data.registry import DatasetInfo, Stats, resolve_stats
 
 
-def linear_weights(in_size: int, out_size: int) -> np.ndarray:
+def linear_weights(in_size: int, out_size: int, *, antialias: bool = True) -> np.ndarray:
     """`[out_size, in_size]` float64 bilinear interpolation matrix, half-pixel centres.
 
     Output pixel o samples input coordinate c = (o + 0.5) * in/out - 0.5 with a triangle kernel;
-    when shrinking, the kernel is widened by in/out (antialiasing). Weights of taps outside the
-    image are dropped and the rest renormalised (edge clamping). This is `jax.image.resize(...,
-    "linear", antialias=True)`, and for upsampling also PyTorch's bilinear with
-    align_corners=False.
+    with `antialias` and when shrinking, the kernel is widened by in/out. Weights of taps outside
+    the image are dropped and the rest renormalised (edge clamping). With `antialias` this is
+    `jax.image.resize(..., "linear", antialias=True)`; without it, PyTorch's
+    `interpolate(mode="bilinear", align_corners=False, antialias=False)` (two taps, the source
+    coordinate clamped at 0), which for upsampling is the same matrix.
     """
     scale = in_size / out_size
-    width = max(scale, 1.0)
+    width = max(scale, 1.0) if antialias else 1.0
     centre = (np.arange(out_size) + 0.5) * scale - 0.5
     w = np.maximum(0.0, 1.0 - np.abs(centre[:, None] - np.arange(in_size)[None, :]) / width)
     return w / w.sum(axis=1, keepdims=True)
 
 
-def resize_bilinear(images: np.ndarray, size: tuple[int, int], *, chunk: int = 4096) -> np.ndarray:
+def resize_bilinear(images: np.ndarray, size: tuple[int, int], *, chunk: int = 4096,
+                    antialias: bool = True) -> np.ndarray:
     """Resize `images: [N, H, W, C] uint8` to `[N, size[0], size[1], C] uint8` (bilinear, see
     `linear_weights`), rounding to the nearest integer. Runs on the host in float32 chunks."""
     n, h, w, c = images.shape
     if (h, w) == tuple(size):
         return images
-    wh = linear_weights(h, size[0]).astype(np.float32)
-    ww = linear_weights(w, size[1]).astype(np.float32)
+    wh = linear_weights(h, size[0], antialias=antialias).astype(np.float32)
+    ww = linear_weights(w, size[1], antialias=antialias).astype(np.float32)
     out = np.empty((n, size[0], size[1], c), np.uint8)
     for s in range(0, n, chunk):
         x = images[s:s + chunk].astype(np.float32)
@@ -47,6 +49,76 @@ def resize_bilinear(images: np.ndarray, size: tuple[int, int], *, chunk: int = 4
         y = np.matmul(ww, y).reshape(m, size[0], size[1], c)
         out[s:s + chunk] = np.clip(np.rint(y), 0, 255)
     return out
+
+
+# ------------------------------------------------------------------ reference image transform
+# How the references turn one decoded photo into a training image (MTT / FreD / DDiF
+# `utils.py: get_dataset`, dataset 'ImageNet'): ToTensor -> Normalize(ImageNet mean/std) ->
+# Resize(im_size) -> CenterCrop(im_size) with im_size = (res, res), a *pair*, so Resize squashes
+# the photo to res x res without keeping its aspect ratio and CenterCrop changes nothing. Resize
+# runs on the float tensor: bilinear, align_corners=False, and no antialiasing (torchvision
+# 0.12 / 0.16, which those codebases pin, antialias only PIL images). Normalisation is affine
+# per channel and the bilinear weights sum to 1, so resizing the 0..255 pixels first gives the
+# same values; jaxdiff rounds the resized pixels to uint8 for its cache (at most 0.5/255/std,
+# 0.009 in normalised units, from the reference's float values) and normalises when it uses them.
+FITS = ("squash", "short_side_crop")
+
+
+def fit_size(height: int, width: int, res: int, fit: str) -> tuple[int, int]:
+    """The `(h, w)` a photo of `height x width` is resized to before the centre crop: `(res,
+    res)` for "squash" (the references), torchvision's `Resize(res)` for "short_side_crop" (the
+    shorter side to res, the longer to int(res * long / short))."""
+    if fit == "squash":
+        return res, res
+    if fit != "short_side_crop":
+        raise ValueError(f"unknown fit {fit!r}; known: {', '.join(FITS)}")
+    if width <= height:
+        return int(res * height / width), res
+    return res, int(res * width / height)
+
+
+def resize_crop(image: np.ndarray, res: int, *, fit: str = "squash",
+                antialias: bool = False) -> np.ndarray:
+    """One photo `[H, W, C] uint8` -> `[res, res, C] uint8`: `resize_crop_float` rounded to the
+    nearest integer. A photo already res x res is returned unchanged."""
+    if image.shape[:2] == (res, res) and fit_size(res, res, res, fit) == (res, res):
+        return image
+    y = resize_crop_float(image, res, fit=fit, antialias=antialias)
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+def resize_crop_float(image: np.ndarray, res: int, *, fit: str = "squash",
+                      antialias: bool = False) -> np.ndarray:
+    """One photo `[H, W, C]` -> `[res, res, C] float32` in the photo's units: bilinear resize to
+    `fit_size(H, W, res, fit)` (no antialiasing by default: the references' tensor Resize), then
+    a centre crop of res x res at torchvision's offsets, int(round((h - res) / 2)). Only the
+    rows and columns the crop keeps are computed."""
+    h, w, c = image.shape
+    th, tw = fit_size(h, w, res, fit)
+    top, left = int(round((th - res) / 2.0)), int(round((tw - res) / 2.0))
+    x = np.asarray(image, np.float32)
+    if antialias:   # dense separable weights (every tap of the widened kernel)
+        wh = linear_weights(h, th, antialias=True)[top:top + res].astype(np.float32)
+        ww = linear_weights(w, tw, antialias=True)[left:left + res].astype(np.float32)
+        y = np.matmul(wh, x.reshape(h, w * c)).reshape(res, w, c)
+        return np.matmul(ww[None], y)
+    i0, i1, f = bilinear_taps(h, th)       # two taps per output pixel: a gather, O(output)
+    rows = slice(top, top + res)
+    y = x[i0[rows]] * (1 - f[rows, None, None]) + x[i1[rows]] * f[rows, None, None]
+    i0, i1, f = bilinear_taps(w, tw)
+    cols = slice(left, left + res)
+    return y[:, i0[cols]] * (1 - f[None, cols, None]) + y[:, i1[cols]] * f[None, cols, None]
+
+
+def bilinear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's bilinear sampling without antialiasing (align_corners=False) along one axis:
+    output o reads input `i0[o]` with weight 1 - f[o] and `i1[o]` with weight f[o], where the
+    source coordinate (o + 0.5) * in/out - 0.5 is clamped at 0 and i1 = min(i0 + 1, in - 1).
+    The same weights as `linear_weights(..., antialias=False)`, as a gather."""
+    src = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    return i0, i1, (src - i0).astype(np.float32)
 
 
 def _stats(info: DatasetInfo | None, stats) -> Stats:
