@@ -8,7 +8,10 @@
 
 Module map: registry (names, shapes, classes, statistics), datadirs (data-dir search), cache
 (decoded-array cache), sources (`load`), digits (scikit-learn digits and its split), transforms
-(resize, normalise), zca, classes.
+(resize, the references' photo transform, normalise), zca, classes; photo datasets: imagenet
+(the subsets' class lists), photos (select, decode once, cache), records (TFDS row access, label
+index, decoding), tfds_writer (TFDS directories without TensorFlow), tiny_imagenet (`python -m
+jaxdiff.data.tiny_imagenet ZIP --out DIR`).
 """
 
 from jaxdiff.data.classes import class_indices, sample_per_class
@@ -23,6 +26,8 @@ from jaxdiff.data.registry import (
     get_info,
     with_stats,
 )
+from jaxdiff.data.imagenet import SUBSETS
+from jaxdiff.data.photos import MissingClassesError
 from jaxdiff.data.sources import Dataset, check_available, load, train_class_counts
 from jaxdiff.data.transforms import (MODEL_SPACE, denormalize, model_space_to_display,
                                      model_space_to_uint8, normalize, normalize_with,
@@ -30,8 +35,8 @@ from jaxdiff.data.transforms import (MODEL_SPACE, denormalize, model_space_to_di
 from jaxdiff.data.zca import ZCA, fit_zca, zca_apply, zca_invert
 
 __all__ = [
-    "DATASET_NAMES", "DIGITS_SPLIT_SEED", "MODEL_SPACE", "SPLITS", "STATS", "ZCA", "Dataset",
-    "DatasetInfo", "DatasetNotFoundError", "Located", "Stats", "candidate_dirs", "check_available",
+    "DATASET_NAMES", "DIGITS_SPLIT_SEED", "MODEL_SPACE", "SPLITS", "STATS", "SUBSETS", "ZCA",
+    "Dataset", "DatasetInfo", "DatasetNotFoundError", "Located", "MissingClassesError", "Stats", "candidate_dirs", "check_available",
     "class_indices",
     "denormalize", "digits_split_indices", "fit_zca", "get_info", "load", "locate",
     "model_space_to_display", "model_space_to_uint8", "normalize", "normalize_with",
