@@ -1,11 +1,13 @@
-"""Flax NNX port of NVlabs/edm's SongUNet (DDPM++ configuration) with the EDM preconditioner,
-loading official EDM network pickles (`edm-*.pkl`, `network-snapshot-*.pkl`) without PyTorch.
+"""Flax NNX ports of NVlabs/edm's SongUNet (DDPM++ and NCSN++ configurations) and of its VP, VE,
+iDDPM and EDM preconditioners, loading official EDM network pickles (`edm-*.pkl`,
+`baseline-*.pkl`, `network-snapshot-*.pkl`) without PyTorch. DhariwalUNet (ADM) lives in
+`jaxdiff.models.adm` and plugs in through `MODEL_TYPES` (its layers are this module's).
 
 Semantics follow shared/specs/edm-checkpoints.md, sections 2-4 (written from the spec, not from
-upstream code). Supported: `EDMPrecond` wrapping `SongUNet` with embedding_type 'positional',
-encoder_type 'standard', decoder_type 'standard' (the DDPM++ / "vp" official models). Anything
-else (NCSN++: fourier / residual; 'skip' encoders or decoders; DhariwalUNet; VP/VE/iDDPM
-preconditioners) raises `ValueError` naming the option.
+upstream code). Supported: the preconditioners `EDMPrecond`, `VPPrecond`, `VEPrecond`,
+`iDDPMPrecond` (`PRECONDITIONERS`) around `SongUNet` with any of its options (embedding_type
+'positional' | 'fourier', encoder_type 'standard' | 'residual' | 'skip', decoder_type
+'standard' | 'skip') or `DhariwalUNet`. Anything else raises `UserError` naming the option.
 
 Layout: activations are NHWC float32 inside (upstream is NCHW); sigma is [N]; class labels are
 one-hot [N, label_dim] or None (a zero row is used when the net is conditional, as upstream).
@@ -13,39 +15,57 @@ one-hot [N, label_dim] or None (a zero row is used when the net is conditional, 
     denoise, meta = load(path)      # an EDM pickle, or a directory from `import_checkpoint`
     out = denoise(x_nhwc, sigma, class_labels)          # jitted; closes over meta['params']
     out = meta['apply'](meta['params'], x, sigma, labels)  # same, params passed explicitly
-    f_x = meta['apply_raw'](meta['params'], x_in, c_noise, labels)  # the SongUNet alone
+    f_x = meta['apply_raw'](meta['params'], x_in, c_noise, labels)  # the inner network alone
+
+Preconditioners (spec 3; D(x; s) = c_skip x + c_out F(c_in x, c_noise), all in float32, the
+settings read from the pickle's attributes and recorded in `meta['precond']` / edm.json):
+
+| class | c_skip | c_out | c_in | c_noise | settings |
+| --- | --- | --- | --- | --- | --- |
+| EDMPrecond | sd²/(s²+sd²) | s·sd/√(s²+sd²) | 1/√(s²+sd²) | ln(s)/4 | sigma_data, sigma_min, sigma_max |
+| VPPrecond | 1 | −s | 1/√(s²+1) | (M−1)(√(β_min²+2β_d ln(1+s²))−β_min)/β_d | beta_d, beta_min, M, epsilon_t, sigma_min, sigma_max |
+| VEPrecond | 1 | s | 1 | ln(s/2) | sigma_min, sigma_max |
+| iDDPMPrecond | 1 | −s | 1/√(s²+1) | M−1−argmin_j abs(s−u_j) | C_1, C_2, M, sigma_min, sigma_max (+ buffer `u`) |
 
 `jaxdiff import-checkpoint FILE --out DIR` (`import_checkpoint`) writes DIR/checkpoint (Orbax,
-the converted parameters) and DIR/edm.json (the constructor kwargs, the preconditioner and the
-source file), so later runs load the network without reading the pickle again.
+the converted parameters and buffers) and DIR/edm.json (the preconditioner record — class name
+and settings — the constructor kwargs and the source file), so later runs rebuild the same
+network without reading the pickle again.
 
 `denoise` closes over the imported parameters (a jitted `apply` partially applied to them). When
 calling from inside your own `jax.jit`, prefer `meta['apply']` with `meta['params']` as an
 argument: a closed-over 55M-parameter pytree would otherwise be baked into the program as constants.
 
 Parameter mapping (one to one): the Flax module tree mirrors the torch module tree attribute for
-attribute. `EDMPrecondNet.model` is the SongUNet, its `enc` / `dec` are `nnx.Dict`s keyed by the
-official block names ('16x16_conv', '8x8_block0', ...), and every layer stores its arrays under the
-torch array names. So the torch dotted name IS the Flax path (`name.split('.')`); only the layouts
-change (`torch_to_flax`):
+attribute. The preconditioner's `model` is the SongUNet (or DhariwalUNet), its `enc` / `dec` are
+`nnx.Dict`s keyed by the official block names ('16x16_conv', '8x8_block0', '8x8_aux_residual',
+...), and every layer stores its arrays under the torch array names. So the torch dotted name IS
+the Flax path (`name.split('.')`); only the layouts change (`torch_to_flax`):
 
 | torch name (suffix) | torch layout | Flax path | Flax layout |
 | --- | --- | --- | --- |
 | Linear `weight`: `model.map_*`, `*.affine` | [out, in] | same | [in, out] |
 | `*.bias` (Linear, Conv2d, GroupNorm) | [C] | same path | [C] |
-| Conv2d `*.weight`: `*_conv`, `conv0`, `conv1`, `skip`, `proj` | OIHW | same | HWIO (2,3,1,0) |
+| Conv2d `*.weight`: `*_conv`, `conv0`, `conv1`, `skip`, `proj`, `*_aux_residual` (NCSN++), `*_aux_skip` | OIHW | same | HWIO (2,3,1,0) |
 | `*.qkv.weight` | OIHW, rows (head, c, {q,k,v}) | same | HWIO, columns [q; k; v] head-major |
 | `*.qkv.bias` | [3C] interleaved | same | [3C] as [q; k; v] |
 | `*.norm{0,1,2}.weight`, `*_aux_norm.weight` (GroupNorm scale) | [C] | same path | [C] |
-| `*.resample_filter` (buffer) | [1, 1, k, k] | same (an `nnx.Variable`, not a Param) | [k, k] |
+| `*.resample_filter` (buffer; also of kernel-0 `*_aux_down` / `*_aux_up`) | [1, 1, k, k] | same (an `nnx.Variable`, not a Param) | [k, k] |
+| `model.map_noise.freqs` (NCSN++ FourierEmbedding buffer) | [noise_ch / 2] | same (`nnx.Variable`) | [noise_ch / 2] |
+| `u` (iDDPMPrecond buffer, top level) | [M + 1] | same (`nnx.Variable`) | [M + 1] |
 
 The qkv permutation: torch output channel `(h*d + c)*3 + s` (s = 0 q, 1 k, 2 v) becomes Flax
 column `s*C + h*d + c`, i.e. `w_flax[..., s*C + j] = w_torch[3*j + s]` (`_qkv_perm`).
+NCSN++'s `enc.<R>x<R>_aux_residual` is a Conv2d with `fused_resample` (conv first, then the
+stride-2 [1,3,3,1] filter; spec 4.3); its noise embedding is a FourierEmbedding with the
+imported `map_noise.freqs`.
 
 `from_edm_pickle` builds the network from the recorded constructor kwargs (not from the arrays),
 then checks that the state dict and the Flax state correspond exactly (same set of paths, same
-shapes after conversion) and that per-layer attributes recorded in the pickle (up/down, num_heads,
-GroupNorm groups/eps, skip_scale) agree with the rebuilt architecture.
+shapes after conversion; every missing, unexpected or mis-shaped name is listed) and that
+per-layer attributes recorded in the pickle (up/down/fused_resample, num_heads, adaptive_scale,
+GroupNorm groups/eps, skip_scale, Linear sizes, the noise embedding) agree with the rebuilt
+architecture.
 """
 
 from __future__ import annotations
@@ -113,20 +133,35 @@ def _depthwise(x, k2d, *, stride=1, lhs_dilation=1, padding=0):
         feature_group_count=c, precision=_HI)
 
 
+def _upsample(x, k2d, torch_padding: int):
+    """torch's per-channel conv_transpose2d with 4 K, stride 2 and padding `torch_padding`: an
+    lhs-dilated convolution with padding k - 1 - torch_padding (K symmetric, so no flip)."""
+    k = k2d.shape[0]
+    return _depthwise(x, 4.0 * k2d[::-1, ::-1], lhs_dilation=2, padding=k - 1 - torch_padding)
+
+
+def _conv(x, w, padding: int):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), [(padding, padding)] * 2,
+                                        dimension_numbers=_DN, precision=_HI)
+
+
 class Conv2d(nnx.Module):
-    """EDM's Conv2d: optional up/down FIR resampler (buffer `resample_filter`, [k, k]), then a
-    kh x kw conv (`weight` HWIO) with zero padding kh // 2 and `bias`. kernel 0 = resampler only.
-    `fused_resample` is not supported (only NCSN++ uses it)."""
+    """EDM's Conv2d (spec 4.3): optional up/down FIR resampler (buffer `resample_filter`,
+    [k, k]) and a kh x kw conv (`weight` HWIO, zero padding kh // 2) plus `bias`; kernel 0 =
+    resampler only. Normal order: resample, then conv. `fused_resample` (NCSN++'s
+    `_aux_residual`, down): conv with padding kh // 2 + p first, then the stride-2 filter
+    without padding (p = (k - 1) // 2); fused up: the filter with padding max(p - kh // 2, 0),
+    then the conv with padding max(kh // 2 - p, 0). They differ from the normal order at the
+    borders."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, *, bias: bool = True,
                  up: bool = False, down: bool = False, resample_filter=(1, 1),
                  fused_resample: bool = False):
         if up and down:
             raise ValueError("Conv2d: up and down are exclusive")
-        if fused_resample and (up or down):
-            raise ValueError("Conv2d: fused_resample (NCSN++ aux_residual) is not supported yet")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.up, self.down, self.kernel = up, down, kernel
+        self.fused_resample = bool(fused_resample)
         self.weight = (nnx.Param(_var((kernel, kernel, in_channels, out_channels)))
                        if kernel else None)
         self.bias = nnx.Param(_var((out_channels,))) if kernel and bias else None
@@ -136,19 +171,21 @@ class Conv2d(nnx.Module):
             self.resample_filter = None
 
     def __call__(self, x):
-        if self.resample_filter is not None:
-            k2 = self.resample_filter[...]
-            k = k2.shape[0]
-            p = (k - 1) // 2
+        f = self.resample_filter[...] if self.resample_filter is not None else None
+        w = self.weight[...].astype(x.dtype) if self.weight is not None else None
+        wp = w.shape[0] // 2 if w is not None else 0
+        fp = (f.shape[0] - 1) // 2 if f is not None else 0
+        if self.fused_resample and self.up and w is not None:
+            x = _conv(_upsample(x, f, max(fp - wp, 0)), w, max(wp - fp, 0))
+        elif self.fused_resample and self.down and w is not None:
+            x = _depthwise(_conv(x, w, wp + fp), f, stride=2, padding=0)
+        else:
+            if self.up:
+                x = _upsample(x, f, fp)
             if self.down:
-                x = _depthwise(x, k2, stride=2, padding=p)
-            else:  # transposed conv with 4K, stride 2, torch padding p (K symmetric: no flip)
-                x = _depthwise(x, 4.0 * k2[::-1, ::-1], lhs_dilation=2, padding=k - 1 - p)
-        if self.weight is not None:
-            w = self.weight[...].astype(x.dtype)
-            p = w.shape[0] // 2
-            x = jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p)] * 2,
-                                             dimension_numbers=_DN, precision=_HI)
+                x = _depthwise(x, f, stride=2, padding=fp)
+            if w is not None:
+                x = _conv(x, w, wp)
         if self.bias is not None:
             x = x + self.bias[...].astype(x.dtype)
         return x
@@ -180,6 +217,21 @@ def positional_embedding(t, num_channels: int, max_positions: int = 10000, endpo
     freqs = jnp.power(jnp.float32(1.0 / max_positions), i)
     arg = t.astype(jnp.float32)[:, None] * freqs[None, :]
     return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=1)
+
+
+class FourierEmbedding(nnx.Module):
+    """NCSN++'s noise embedding (spec 4.1): [N] -> [N, num_channels] = [cos(2 pi f t),
+    sin(2 pi f t)] with the buffer `freqs` [num_channels / 2] (random at upstream init, so it is
+    imported like a weight; an `nnx.Variable`, not a Param). 2 pi f is formed in float32 first."""
+
+    def __init__(self, num_channels: int):
+        self.num_channels = num_channels
+        self.freqs = nnx.Variable(_var((num_channels // 2,)))
+
+    def __call__(self, t):
+        w = (2 * np.pi) * self.freqs[...].astype(jnp.float32)  # weak scalar: float32 product
+        arg = t.astype(jnp.float32)[:, None] * w[None, :]
+        return jnp.concatenate([jnp.cos(arg), jnp.sin(arg)], axis=1)
 
 
 def attention(qkv, num_heads: int):
@@ -254,56 +306,90 @@ class UNetBlock(nnx.Module):
 # ---------------------------------------------------------------------------------------------
 # SongUNet and the preconditioner
 
+_SONG_UNET_CHOICES = {"embedding_type": ("positional", "fourier"),
+                      "encoder_type": ("standard", "skip", "residual"),
+                      "decoder_type": ("standard", "skip")}
+
+
 def _check_supported(kw: dict) -> None:
-    bad = {"embedding_type": "positional", "encoder_type": "standard", "decoder_type": "standard"}
-    for key, want in bad.items():
-        if kw[key] != want:
-            raise UserError(f"SongUNet {key}={kw[key]!r} is not supported yet (only the DDPM++ "
-                             f"configuration, {key}={want!r}; NCSN++ is later work)")
+    for key, valid in _SONG_UNET_CHOICES.items():
+        if kw[key] not in valid:
+            raise UserError(f"SongUNet {key}={kw[key]!r} is not a SongUNet option (valid: "
+                            f"{', '.join(map(repr, valid))})")
 
 
 class SongUNet(nnx.Module):
-    """SongUNet, DDPM++ configuration. `__call__(x [N,H,W,C], c_noise [N], class_labels
-    [N, label_dim] | None, augment_labels [N, augment_dim] | None) -> [N,H,W,out_channels]`."""
+    """SongUNet (spec 2.2, 4.7): DDPM++ (positional embedding, standard encoder, [1, 1] filter)
+    and NCSN++ (Fourier embedding, channel_mult_noise 2, 'residual' encoder with fused
+    down-resampling `_aux_residual`, [1, 3, 3, 1] filter), and the 'skip' encoder/decoder no
+    official model uses. `__call__(x [N,H,W,C], c_noise [N], class_labels [N, label_dim] | None,
+    augment_labels [N, augment_dim] | None) -> [N,H,W,out_channels]`."""
 
     def __init__(self, img_resolution: int, in_channels: int, out_channels: int, **kwargs):
         unknown = set(kwargs) - set(SONG_UNET_DEFAULTS)
         if unknown:
-            raise ValueError(f"SongUNet: unsupported constructor arguments {sorted(unknown)}")
+            raise UserError(f"SongUNet: unsupported constructor arguments {sorted(unknown)}")
         kw = {**SONG_UNET_DEFAULTS, **kwargs}
         _check_supported(kw)
         self.config = dict(img_resolution=img_resolution, in_channels=in_channels,
                            out_channels=out_channels, **kw)
-        mc, rf = kw["model_channels"], tuple(kw["resample_filter"])
+        mc = kw["model_channels"]
         emb_ch = mc * kw["channel_mult_emb"]
         noise_ch = mc * kw["channel_mult_noise"]
         self.noise_channels = noise_ch
         self.label_dim, self.augment_dim = kw["label_dim"], kw["augment_dim"]
-        attn_res = set(kw["attn_resolutions"])
-        mult, nb = list(kw["channel_mult"]), kw["num_blocks"]
-        block = functools.partial(UNetBlock, emb_channels=emb_ch, resample_filter=rf)
-
-        # map_noise (PositionalEmbedding) has no arrays.
+        # map_noise: PositionalEmbedding has no arrays (None here); FourierEmbedding has `freqs`.
+        self.map_noise = FourierEmbedding(noise_ch) if kw["embedding_type"] == "fourier" else None
         self.map_label = Linear(self.label_dim, noise_ch) if self.label_dim else None
         self.map_augment = (Linear(self.augment_dim, noise_ch, bias=False)
                             if self.augment_dim else None)
         self.map_layer0 = Linear(noise_ch, emb_ch)
         self.map_layer1 = Linear(emb_ch, emb_ch)
+        block = functools.partial(UNetBlock, emb_channels=emb_ch,
+                                  resample_filter=tuple(kw["resample_filter"]))
+        enc, cout = self._encoder(kw, img_resolution, in_channels, block)
+        dec = self._decoder(kw, img_resolution, out_channels, block, enc, cout)
+        # Python dicts keep insertion order; the forward walk relies on it (spec 4.7).
+        self.enc_order = tuple(enc)
+        self.dec_order = tuple(dec)
+        self.enc = nnx.Dict(enc)
+        self.dec = nnx.Dict(dec)
 
+    @staticmethod
+    def _encoder(kw, img_resolution, in_channels, block):
+        """The `enc` blocks in registration order, and the channels of the last one."""
+        mc, rf, attn_res = kw["model_channels"], tuple(kw["resample_filter"]), set(
+            kw["attn_resolutions"])
         enc: dict[str, nnx.Module] = {}
-        cout = in_channels
-        for level, m in enumerate(mult):
+        cout = caux = in_channels
+        for level, m in enumerate(kw["channel_mult"]):
             res = img_resolution >> level
             if level == 0:
                 enc[f"{res}x{res}_conv"] = Conv2d(cout, mc, 3)
                 cout = mc
             else:
                 enc[f"{res}x{res}_down"] = block(cout, cout, down=True)
-            for idx in range(nb):
+                if kw["encoder_type"] == "skip":
+                    enc[f"{res}x{res}_aux_down"] = Conv2d(caux, caux, 0, down=True,
+                                                          resample_filter=rf)
+                    enc[f"{res}x{res}_aux_skip"] = Conv2d(caux, cout, 1)
+                if kw["encoder_type"] == "residual":
+                    enc[f"{res}x{res}_aux_residual"] = Conv2d(
+                        caux, cout, 3, down=True, resample_filter=rf, fused_resample=True)
+                    caux = cout
+            for idx in range(kw["num_blocks"]):
                 cin, cout = cout, mc * m
                 enc[f"{res}x{res}_block{idx}"] = block(cin, cout, attention=res in attn_res)
-        skips = [b.out_channels for b in enc.values()]
+        return enc, cout
 
+    @staticmethod
+    def _decoder(kw, img_resolution, out_channels, block, enc, cout):
+        """The `dec` blocks in registration order (`enc` gives the skip widths)."""
+        mc, rf, attn_res = kw["model_channels"], tuple(kw["resample_filter"]), set(
+            kw["attn_resolutions"])
+        mult, nb = list(kw["channel_mult"]), kw["num_blocks"]
+        skip_dec = kw["decoder_type"] == "skip"
+        skips = [b.out_channels for name, b in enc.items() if "aux" not in name]
         dec: dict[str, nnx.Module] = {}
         for level in reversed(range(len(mult))):
             res = img_resolution >> level
@@ -316,18 +402,20 @@ class SongUNet(nnx.Module):
                 cin, cout = cout + skips.pop(), mc * mult[level]
                 dec[f"{res}x{res}_block{idx}"] = block(
                     cin, cout, attention=(idx == nb and res in attn_res))
-            if level == 0:
+            if skip_dec or level == 0:
+                if skip_dec and level < len(mult) - 1:
+                    dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
+                                                        resample_filter=rf)
                 dec[f"{res}x{res}_aux_norm"] = GroupNorm(cout, eps=SONG_UNET_EPS)
                 dec[f"{res}x{res}_aux_conv"] = Conv2d(cout, out_channels, 3)
-        # Python dicts keep insertion order; the forward walk relies on it (spec 4.7).
-        self.enc_order = tuple(enc)
-        self.dec_order = tuple(dec)
-        self.enc = nnx.Dict(enc)
-        self.dec = nnx.Dict(dec)
+        return dec
 
     def mapping(self, c_noise, class_labels=None, augment_labels=None):
         n = c_noise.shape[0]
-        e = positional_embedding(c_noise, self.noise_channels, endpoint=True)
+        if self.map_noise is not None:
+            e = self.map_noise(c_noise)
+        else:
+            e = positional_embedding(c_noise, self.noise_channels, endpoint=True)
         e = e.reshape(n, 2, -1)[:, ::-1].reshape(n, -1)  # SongUNet swaps to [sin, cos]
         if self.map_label is not None:
             if class_labels is None:
@@ -345,18 +433,28 @@ class SongUNet(nnx.Module):
         [N]` -> F(x) [N, H, W, C] in x's dtype. The noise/label mapping runs in float32."""
         emb = self.mapping(c_noise, class_labels, augment_labels).astype(x.dtype)
         skips = []
+        aux = x
         for name in self.enc_order:
             blk = self.enc[name]
-            x = blk(x, emb) if isinstance(blk, UNetBlock) else blk(x)
-            skips.append(x)
-        out = None
+            if name.endswith("_aux_down"):
+                aux = blk(aux)
+            elif name.endswith("_aux_skip"):
+                x = skips[-1] = x + blk(aux)
+            elif name.endswith("_aux_residual"):   # / sqrt(2) in x's dtype (a weak scalar)
+                x = skips[-1] = aux = (x + blk(aux)) / math.sqrt(2)
+            else:
+                x = blk(x, emb) if isinstance(blk, UNetBlock) else blk(x)
+                skips.append(x)
+        out = tmp = None
         for name in self.dec_order:
             blk = self.dec[name]
-            if name.endswith("_aux_norm"):
+            if name.endswith("_aux_up"):
+                out = blk(out)
+            elif name.endswith("_aux_norm"):
                 tmp = blk(x)
             elif name.endswith("_aux_conv"):
                 tmp = blk(jax.nn.silu(tmp))
-                out = tmp if out is None else out + tmp
+                out = tmp if out is None else tmp + out
             else:
                 if "_block" in name:
                     x = jnp.concatenate([x, skips.pop()], axis=-1)  # x first
@@ -365,6 +463,31 @@ class SongUNet(nnx.Module):
                                      f"expected {blk.in_channels}")
                 x = blk(x, emb)
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Preconditioners (spec 3): D(x; sigma) = c_skip x + c_out F(c_in x, c_noise, labels)
+
+def _dhariwal_unet():
+    try:
+        from jaxdiff.models.adm import DhariwalUNet
+    except ImportError as e:
+        raise UserError(f"model_type='DhariwalUNet' needs jaxdiff.models.adm (the ADM port), "
+                        f"which could not be imported: {e}") from None
+    return DhariwalUNet
+
+
+# The inner network of a preconditioner by its upstream class name (`model_type`). The ADM port
+# imports this module's layers, so it is imported lazily.
+MODEL_TYPES = {"SongUNet": lambda: SongUNet, "DhariwalUNet": _dhariwal_unet}
+
+
+def model_class(model_type: str):
+    """The Flax class of an upstream `model_type` ('SongUNet', 'DhariwalUNet')."""
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"model_type={model_type!r} is not supported (supported: "
+                        f"{', '.join(sorted(MODEL_TYPES))})")
+    return MODEL_TYPES[model_type]()
 
 
 def edm_scalings(sigma, sigma_data):
@@ -378,23 +501,55 @@ def edm_scalings(sigma, sigma_data):
     return c_skip, c_out, c_in, c_noise
 
 
-class EDMPrecondNet(nnx.Module):
-    """EDMPrecond around a SongUNet (`self.model`, the torch child name).
-    `__call__(x [N,H,W,C], sigma [N], class_labels) -> D(x; sigma)` in float32."""
+class Preconditioner(nnx.Module):
+    """An upstream preconditioner (`class_name`) around its inner network `self.model` (the torch
+    child name). `__call__(x [N,H,W,C], sigma [N] or scalar, class_labels [N, label_dim] | None)
+    -> D(x; sigma)` in float32; the preconditioning runs in float32 (as upstream), the network in
+    `compute_dtype`. `SETTINGS`: the class's recorded settings and their upstream defaults (None:
+    derived from the others, as upstream does); `settings` holds the resolved values, also set as
+    attributes. `use_fp16` is accepted and ignored (the compute dtype is a call argument)."""
+
+    class_name = "?"
+    SETTINGS: dict = {}
+    default_model_type = "SongUNet"
+    out_factor = 1   # the network gives out_factor x img_channels; D uses the first img_channels
 
     def __init__(self, img_resolution: int, img_channels: int, label_dim: int = 0,
-                 sigma_data: float = 0.5, sigma_min: float = 0.0, sigma_max: float = float("inf"),
-                 model_type: str = "SongUNet", use_fp16: bool = False, **model_kwargs):
-        if model_type != "SongUNet":
-            raise UserError(f"EDMPrecond model_type={model_type!r} is not supported yet "
-                             f"(only SongUNet; DhariwalUNet is later work)")
-        self.sigma_data, self.sigma_min, self.sigma_max = sigma_data, sigma_min, sigma_max
-        self.label_dim = label_dim
-        self.model = SongUNet(img_resolution, img_channels, img_channels, label_dim=label_dim,
-                              **model_kwargs)
+                 use_fp16: bool = False, model_type: str | None = None, **kwargs):
+        self.settings = self.resolve_settings(
+            {k: kwargs.pop(k) for k in list(kwargs) if k in self.SETTINGS})
+        for k, v in self.settings.items():
+            setattr(self, k, v)
+        self.img_resolution, self.img_channels, self.label_dim = (img_resolution, img_channels,
+                                                                  label_dim)
+        self.model_type = self.default_model_type if model_type is None else model_type
+        self.model = model_class(self.model_type)(
+            img_resolution, img_channels, img_channels * self.out_factor, label_dim=label_dim,
+            **kwargs)
+
+    @classmethod
+    def resolve_settings(cls, kwargs: dict) -> dict:
+        """The settings of constructor `kwargs`: given values, else the upstream defaults; M is
+        an int, the rest floats."""
+        s = {k: kwargs.get(k, d) for k, d in cls.SETTINGS.items()}
+        s = cls._derive(s)
+        return {k: int(v) if k == "M" else float(v) for k, v in s.items()}
+
+    @classmethod
+    def _derive(cls, s: dict) -> dict:
+        return s
+
+    @classmethod
+    def record(cls, constructor: dict) -> dict:
+        """The preconditioner record (`meta['precond']`, edm.json): class_name + settings."""
+        return {"class_name": cls.class_name, **cls.resolve_settings(constructor)}
+
+    def scalings(self, sigma):
+        """(c_skip, c_out, c_in, c_noise), each [N] float32, for sigma [N] float32."""
+        raise NotImplementedError
 
     def raw(self, x_in, c_noise, class_labels=None, compute_dtype=jnp.float32):
-        """The SongUNet F on `x_in` cast to `compute_dtype`; float32 out."""
+        """The inner network F on `x_in` cast to `compute_dtype`; float32 out."""
         return self.model(x_in.astype(compute_dtype), c_noise,
                           class_labels).astype(jnp.float32)
 
@@ -404,10 +559,124 @@ class EDMPrecondNet(nnx.Module):
         sigma = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32).reshape(-1), (x.shape[0],))
         if self.label_dim == 0:
             class_labels = None
-        c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
+        c_skip, c_out, c_in, c_noise = self.scalings(sigma)
         b = lambda c: c[:, None, None, None]
         f = self.raw(b(c_in) * x, c_noise, class_labels, compute_dtype)
+        if self.out_factor != 1:
+            f = f[..., :self.img_channels]
         return b(c_skip) * x + b(c_out) * f
+
+
+class EDMPrecondNet(Preconditioner):
+    """EDMPrecond: c_skip = sd^2/(s^2+sd^2), c_out = s sd/sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2),
+    c_noise = ln(s)/4 (sd = sigma_data)."""
+
+    class_name = "EDMPrecond"
+    SETTINGS = {"sigma_data": 0.5, "sigma_min": 0.0, "sigma_max": float("inf")}
+
+    def scalings(self, sigma):
+        return edm_scalings(sigma, self.sigma_data)
+
+
+def vp_sigma(t, beta_d: float, beta_min: float) -> float:
+    """VPPrecond's sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), in float32 as upstream
+    computes its sigma_min = sigma(epsilon_t) and sigma_max = sigma(1)."""
+    t = np.float32(t)
+    e = np.float32(0.5 * beta_d) * t * t + np.float32(beta_min) * t
+    # exp correctly rounded to float32 (numpy's float32 exp is off by an ulp at 1 + 1e-6)
+    return float(np.sqrt(np.float32(np.exp(np.float64(e))) - np.float32(1)))
+
+
+class VPPrecondNet(Preconditioner):
+    """VPPrecond: c_skip 1, c_out -s, c_in 1/sqrt(s^2+1), c_noise = (M-1) sigma_inv(s) with
+    sigma_inv(s) = (sqrt(beta_min^2 + 2 beta_d ln(1+s^2)) - beta_min)/beta_d, op for op in float32
+    as upstream. sigma_min/sigma_max: the values the pickle records (else sigma(epsilon_t),
+    sigma(1))."""
+
+    class_name = "VPPrecond"
+    SETTINGS = {"beta_d": 19.9, "beta_min": 0.1, "M": 1000, "epsilon_t": 1e-5,
+                "sigma_min": None, "sigma_max": None}
+
+    @classmethod
+    def _derive(cls, s):
+        if s["sigma_min"] is None:
+            s["sigma_min"] = vp_sigma(s["epsilon_t"], s["beta_d"], s["beta_min"])
+        if s["sigma_max"] is None:
+            s["sigma_max"] = vp_sigma(1, s["beta_d"], s["beta_min"])
+        return s
+
+    def scalings(self, sigma):
+        one = jnp.ones_like(sigma)
+        c_in = 1 / jnp.sqrt(sigma ** 2 + 1)
+        inner = jnp.sqrt(self.beta_min ** 2 + 2 * self.beta_d * jnp.log(1 + sigma ** 2))
+        c_noise = (self.M - 1) * ((inner - self.beta_min) / self.beta_d)
+        return one, -sigma, c_in, c_noise
+
+
+class VEPrecondNet(Preconditioner):
+    """VEPrecond: c_skip 1, c_out s, c_in 1, c_noise = ln(s/2)."""
+
+    class_name = "VEPrecond"
+    SETTINGS = {"sigma_min": 0.02, "sigma_max": 100.0}
+
+    def scalings(self, sigma):
+        one = jnp.ones_like(sigma)
+        return one, sigma, one, jnp.log(0.5 * sigma)
+
+
+def iddpm_u(M: int, C_1: float, C_2: float) -> np.ndarray:
+    """iDDPMPrecond's buffer u [M+1] in float32, within ~2e-5 of upstream's (the recurrence
+    amplifies rounding differences); an imported network uses the file's copy."""
+    j = np.arange(M + 1, dtype=np.float32)
+    alpha_bar = np.sin(np.float32(0.5 * np.pi) * j / np.float32(M) / np.float32(C_2 + 1)) ** 2
+    u = np.zeros(M + 1, np.float32)
+    for i in range(M, 0, -1):
+        ratio = max(alpha_bar[i - 1] / alpha_bar[i], np.float32(C_1))
+        u[i - 1] = np.sqrt((u[i] ** 2 + 1) / ratio - 1)
+    return u
+
+
+class iDDPMPrecondNet(Preconditioner):  # noqa: N801 (the upstream class name)
+    """iDDPMPrecond: c_skip 1, c_out -s, c_in 1/sqrt(s^2+1), c_noise = M - 1 - j with j the index
+    of the entry of the buffer `u` [M+1] nearest to s; the network gives 2 x img_channels and D
+    uses the first img_channels. sigma_min = u[M-1], sigma_max = u[0] (recorded)."""
+
+    class_name = "iDDPMPrecond"
+    SETTINGS = {"C_1": 0.001, "C_2": 0.008, "M": 1000, "sigma_min": None, "sigma_max": None}
+    default_model_type = "DhariwalUNet"
+    out_factor = 2
+
+    @classmethod
+    def _derive(cls, s):
+        if s["sigma_min"] is None or s["sigma_max"] is None:
+            u = iddpm_u(int(s["M"]), s["C_1"], s["C_2"])
+            if s["sigma_min"] is None:
+                s["sigma_min"] = float(u[int(s["M"]) - 1])
+            if s["sigma_max"] is None:
+                s["sigma_max"] = float(u[0])
+        return s
+
+    def __init__(self, img_resolution: int, img_channels: int, **kwargs):
+        super().__init__(img_resolution, img_channels, **kwargs)
+        self.u = nnx.Variable(jnp.asarray(iddpm_u(self.M, self.C_1, self.C_2)))
+
+    def scalings(self, sigma):
+        u = self.u[...].astype(jnp.float32)
+        j = jnp.argmin(jnp.abs(sigma[:, None] - u[None, :]), axis=1)   # first of ties, as torch
+        one = jnp.ones_like(sigma)
+        return one, -sigma, 1 / jnp.sqrt(sigma ** 2 + 1), (self.M - 1 - j).astype(jnp.float32)
+
+
+# The upstream preconditioner classes by name (`ema.class_name` of a pickle).
+PRECONDITIONERS = {c.class_name: c for c in (EDMPrecondNet, VPPrecondNet, VEPrecondNet,
+                                             iDDPMPrecondNet)}
+
+
+def precond_class(class_name: str) -> type[Preconditioner]:
+    if class_name not in PRECONDITIONERS:
+        raise UserError(f"preconditioner {class_name!r} is not supported (supported: "
+                        f"{', '.join(PRECONDITIONERS)})")
+    return PRECONDITIONERS[class_name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +708,8 @@ def torch_to_flax(name: str, array: np.ndarray) -> tuple[tuple[str, ...], np.nda
         if is_qkv:
             a = a[_qkv_perm(a.shape[0])]
         return path, a.copy()
+    if leaf in ("freqs", "u") and a.ndim == 1:  # FourierEmbedding / iDDPMPrecond buffers
+        return path, a.copy()
     raise ValueError(f"{name}: no conversion rule for a {a.ndim}-d {leaf!r} array")
 
 
@@ -454,11 +725,17 @@ def _flat_state(module: nnx.Module) -> dict[tuple[str, ...], Any]:
 def convert_state_dict(module: nnx.Module, sd: dict[str, np.ndarray]) -> dict:
     """Convert a torch state dict to {Flax path: array}, checking the mapping is one to one:
     every torch array lands on a distinct Flax variable of the same shape, and every Flax
-    variable is covered. Raises ValueError listing missing / unexpected names otherwise."""
+    variable is covered. Raises UserError (a ValueError) listing every missing, unexpected or
+    mis-shaped name otherwise."""
     target = _flat_state(module)
-    converted, problems = {}, []
+    converted, problems, misshaped = {}, [], set()
     for name, arr in sd.items():
-        path, a = torch_to_flax(name, arr)
+        try:
+            path, a = torch_to_flax(name, arr)
+        except ValueError as e:
+            problems.append(f"mis-shaped: {e}")
+            misshaped.add(tuple(name.split(".")))
+            continue
         if path not in target:
             problems.append(f"unexpected (no Flax variable): {name}")
             continue
@@ -467,89 +744,118 @@ def convert_state_dict(module: nnx.Module, sd: dict[str, np.ndarray]) -> dict:
             continue
         want = tuple(target[path].get_value().shape)
         if a.shape != want:
-            problems.append(f"{name}: shape {a.shape} (converted) != Flax {want}")
+            problems.append(f"mis-shaped: {name}: shape {a.shape} (converted) != Flax {want}")
+            misshaped.add(path)
             continue
         converted[path] = a
     for path in target:
-        if path not in converted:
+        if path not in converted and path not in misshaped:
             problems.append(f"missing (no torch array): {'.'.join(path)}")
     if problems:
-        raise ValueError("EDM state dict does not match the rebuilt network:\n  "
-                         + "\n  ".join(problems))
+        raise UserError("EDM state dict does not match the rebuilt network:\n  "
+                        + "\n  ".join(problems))
     return converted
 
 
-def _check_records(net: EDMPrecondNet, modules: dict) -> None:
+def _positional_expected(model) -> tuple[int, bool] | None:
+    """(num_channels, endpoint) of the PositionalEmbedding `model` uses; None if it has none."""
+    if isinstance(model, SongUNet):
+        return None if model.map_noise is not None else (model.noise_channels, True)
+    return (getattr(model, "model_channels", None), False)   # DhariwalUNet
+
+
+def _layer_problem(name: str, rec, obj) -> str | None:
+    """How the pickle's record of one layer disagrees with its Flax counterpart (None: agrees)."""
+    at, cls = rec.attrs, rec.class_name
+    if cls == "GroupNorm":
+        if at.get("num_groups") != obj.num_groups or not np.isclose(at.get("eps"), obj.eps):
+            return (f"{name}: groups/eps {at.get('num_groups')}/{at.get('eps')} vs "
+                    f"{obj.num_groups}/{obj.eps}")
+    elif cls == "Conv2d":
+        rec_flags = (bool(at.get("up")), bool(at.get("down")), bool(at.get("fused_resample")))
+        if rec_flags != (obj.up, obj.down, getattr(obj, "fused_resample", False)):
+            return f"{name}: up/down/fused_resample {rec_flags} differ"
+    elif cls == "UNetBlock":
+        if at.get("num_heads") != obj.num_heads or \
+                bool(at.get("adaptive_scale")) != bool(getattr(obj, "adaptive_scale", False)) or \
+                not np.isclose(float(at.get("skip_scale")), obj.skip_scale):
+            return f"{name}: num_heads/skip_scale/adaptive_scale differ"
+    elif cls == "Linear":
+        if (at.get("in_features"), at.get("out_features")) != (obj.in_features,
+                                                                obj.out_features):
+            return f"{name}: in/out features differ"
+    elif cls == "FourierEmbedding" and not isinstance(obj, FourierEmbedding):
+        return f"{name}: FourierEmbedding, but the port built {type(obj).__name__}"
+    return None
+
+
+def _check_records(net: Preconditioner, modules: dict) -> None:
     """Compare per-layer attributes recorded in the pickle with the rebuilt architecture."""
     problems = []
     for name, rec in modules.items():
         at = rec.attrs
         if rec.class_name == "PositionalEmbedding":  # no arrays, so no Flax module
-            if at.get("endpoint") is not True or at.get("max_positions") != 10000:
-                problems.append(f"{name}: endpoint/max_positions differ")
+            want = _positional_expected(net.model)
+            got = (at.get("num_channels"), at.get("endpoint"))
+            if want is None or got != want or at.get("max_positions") != 10000:
+                problems.append(f"{name}: PositionalEmbedding num_channels/endpoint/"
+                                f"max_positions {got + (at.get('max_positions'),)} vs the "
+                                f"port's {want}")
             continue
-        parts = name.split(".")
         obj = net
         try:
-            for p in parts:
+            for p in name.split("."):
                 if p:
                     obj = obj[p] if isinstance(obj, nnx.Dict) else getattr(obj, p)
         except (AttributeError, KeyError):
-            problems.append(f"{name}: {rec.class_name} has no Flax counterpart")
-            continue
+            obj = None
         if obj is None:
             problems.append(f"{name}: {rec.class_name} has no Flax counterpart")
             continue
-        if rec.class_name == "GroupNorm":
-            if at.get("num_groups") != obj.num_groups or not np.isclose(at.get("eps"), obj.eps):
-                problems.append(f"{name}: groups/eps {at.get('num_groups')}/{at.get('eps')} vs "
-                                f"{obj.num_groups}/{obj.eps}")
-        elif rec.class_name == "Conv2d":
-            if (bool(at.get("up")), bool(at.get("down"))) != (obj.up, obj.down) or \
-                    at.get("fused_resample"):
-                problems.append(f"{name}: up/down/fused differ")
-        elif rec.class_name == "UNetBlock":
-            if at.get("num_heads") != obj.num_heads or at.get("adaptive_scale") or \
-                    not np.isclose(float(at.get("skip_scale")), obj.skip_scale):
-                problems.append(f"{name}: num_heads/skip_scale/adaptive_scale differ")
+        problem = _layer_problem(name, rec, obj)
+        if problem:
+            problems.append(problem)
     if problems:
-        raise ValueError("EDM pickle layer attributes disagree with the port:\n  "
-                         + "\n  ".join(problems))
+        raise UserError("EDM pickle layer attributes disagree with the port:\n  "
+                        + "\n  ".join(problems))
 
 
 def constructor_kwargs(ema) -> dict:
-    """The `EDMPrecondNet` keyword arguments of a pickle's `ema` record: its recorded constructor
-    kwargs plus the sigma attributes (constructor defaults the pickle keeps only as attributes)."""
-    if ema.class_name != "EDMPrecond":
-        raise UserError(f"preconditioner {ema.class_name!r} is not supported yet (only "
-                        f"EDMPrecond; VPPrecond/VEPrecond/iDDPMPrecond are later work)")
+    """The keyword arguments of the preconditioner class `precond_class(ema.class_name)` for a
+    pickle's `ema` record: its recorded constructor kwargs, the settings the pickle keeps only as
+    attributes (sigma_min/max, beta_d, M, ...: constructor defaults, or derived upstream), and
+    model_type (the child's class when the kwargs leave it to the upstream default)."""
+    cls = precond_class(ema.class_name)
     kw = dict(ema.init_kwargs)
     attrs = ema.attrs
-    for k in ("sigma_data", "sigma_min", "sigma_max"):
+    for k in cls.SETTINGS:
         if k in attrs:
-            kw[k] = float(attrs[k])
+            kw[k] = int(attrs[k]) if k == "M" else float(attrs[k])
     model_rec = ema.children.get("model")
-    if model_rec is None or model_rec.class_name != kw.get("model_type", "SongUNet"):
-        raise UserError(f"EDMPrecond child 'model' is "
-                        f"{getattr(model_rec, 'class_name', None)!r}, expected SongUNet")
+    kw.setdefault("model_type", getattr(model_rec, "class_name", cls.default_model_type))
+    if model_rec is None or model_rec.class_name != kw["model_type"]:
+        raise UserError(f"{ema.class_name} child 'model' is "
+                        f"{getattr(model_rec, 'class_name', None)!r}, expected "
+                        f"model_type={kw['model_type']!r}")
     return kw
 
 
-def build_from_record(ema) -> EDMPrecondNet:
-    """An abstract (shape-only) EDMPrecondNet from the pickle's recorded constructor kwargs."""
+def build_from_record(ema) -> Preconditioner:
+    """An abstract (shape-only) preconditioner net from the pickle's recorded constructor kwargs."""
     kw = constructor_kwargs(ema)
-    return nnx.eval_shape(lambda: EDMPrecondNet(**kw))
+    cls = precond_class(ema.class_name)
+    return nnx.eval_shape(lambda: cls(**kw))
 
 
-def precond_of(constructor: dict) -> dict:
-    """The preconditioner record of `EDMPrecondNet` kwargs: class name and the sigma settings,
-    with `EDMPrecondNet`'s defaults for those the kwargs leave out."""
-    defaults = {"sigma_data": 0.5, "sigma_min": 0.0, "sigma_max": float("inf")}
-    return {"class_name": "EDMPrecond",
-            **{k: float(constructor.get(k, d)) for k, d in defaults.items()}}
+def precond_of(constructor: dict, class_name: str = "EDMPrecond") -> dict:
+    """The preconditioner record of `class_name` with constructor kwargs `constructor`: the class
+    name and its settings (EDMPrecond: sigma_data, sigma_min, sigma_max; VPPrecond: beta_d,
+    beta_min, M, epsilon_t, sigma_min, sigma_max; VEPrecond: sigma_min, sigma_max; iDDPMPrecond:
+    C_1, C_2, M, sigma_min, sigma_max), upstream defaults for those the kwargs leave out."""
+    return precond_class(class_name).record(constructor)
 
 
-def _bundle(graphdef, params, constructor: dict, source: str):
+def _bundle(graphdef, params, constructor: dict, source: str, class_name: str):
     """`(denoise, meta)` of a network given as graphdef + parameter state (see `load`)."""
 
     @functools.partial(jax.jit, static_argnames="compute_dtype")
@@ -560,7 +866,7 @@ def _bundle(graphdef, params, constructor: dict, source: str):
     def apply_raw(params, x_in, c_noise, class_labels=None, compute_dtype=jnp.float32):
         return nnx.merge(graphdef, params).raw(x_in, c_noise, class_labels, compute_dtype)
 
-    meta = dict(precond=precond_of(constructor), constructor=dict(constructor),
+    meta = dict(precond=precond_of(constructor, class_name), constructor=dict(constructor),
                 source=source, params=params, graphdef=graphdef, apply=apply,
                 apply_raw=apply_raw, net=nnx.merge(graphdef, params))
     return functools.partial(apply, params), meta
@@ -578,7 +884,7 @@ def from_edm_pickle(path):
     flat = [(p, v.replace(jnp.asarray(converted[tuple(str(q) for q in p)])))
             for p, v in nnx.to_flat_state(state)]
     return _bundle(graphdef, nnx.from_flat_state(flat), constructor_kwargs(snap.ema),
-                   os.path.abspath(os.fspath(path)))
+                   os.path.abspath(os.fspath(path)), snap.ema.class_name)
 
 
 IMPORTED_JSON = "edm.json"   # beside the Orbax `checkpoint/` of an imported network
@@ -586,8 +892,9 @@ IMPORTED_JSON = "edm.json"   # beside the Orbax `checkpoint/` of an imported net
 
 def import_checkpoint(path, out_dir) -> str:
     """`jaxdiff import-checkpoint`: an EDM network pickle -> `out_dir` holding `checkpoint/` (an
-    Orbax checkpoint of the converted Flax parameters) and `edm.json` (the constructor kwargs,
-    the preconditioner and the source file). `load(out_dir)` reads it back without the pickle.
+    Orbax checkpoint of the converted Flax parameters and buffers) and `edm.json` (the
+    preconditioner record — class name and settings — the constructor kwargs and the source
+    file). `load(out_dir)` rebuilds the same class from it, without the pickle.
     Refuses an `out_dir` that already holds files. Returns the absolute `out_dir`."""
     from jaxdiff.checkpoint import Checkpointer
     from jaxdiff.files import atomic_write_json
@@ -608,8 +915,9 @@ def import_checkpoint(path, out_dir) -> str:
 
 def describe(path) -> dict:
     """`{"constructor", "precond", "source"}` of an EDM pickle or an imported directory, without
-    converting the weights (what `jaxdiff sample` checks before loading). UserError when `path`
-    is neither."""
+    converting the weights (what `jaxdiff sample` checks before loading). `precond` is the
+    record of `precond_of` (its `class_name` names the preconditioner class). UserError when
+    `path` is neither, or names a preconditioner this port does not have."""
     import json
 
     path = os.path.abspath(os.fspath(path))
@@ -617,19 +925,24 @@ def describe(path) -> dict:
         try:
             with open(os.path.join(path, IMPORTED_JSON)) as f:
                 info = json.load(f)
-            return {k: info[k] for k in ("constructor", "precond", "source")}
-        except (OSError, ValueError, KeyError) as e:
+            info = {k: info[k] for k in ("constructor", "precond", "source")}
+            precond_class(info["precond"]["class_name"])
+            return info
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise MissingInputError(f"{path} is not a network imported by `jaxdiff "
                                     f"import-checkpoint` (no readable {IMPORTED_JSON}: {e})") from None
     from jaxdiff.torch_reader import read_edm_pickle
 
-    kw = constructor_kwargs(read_edm_pickle(Path(path)).ema)
-    return {"constructor": kw, "source": path, "precond": precond_of(kw)}
+    ema = read_edm_pickle(Path(path)).ema
+    kw = constructor_kwargs(ema)
+    return {"constructor": kw, "source": path, "precond": precond_of(kw, ema.class_name)}
 
 
 def load(path):
     """`(denoise, meta)` of an EDM network: `path` is an official EDM network pickle (read by
-    `torch_reader`, no PyTorch) or a directory written by `import_checkpoint`.
+    `torch_reader`, no PyTorch) or a directory written by `import_checkpoint`. The network is
+    the pickle's own preconditioner (EDMPrecond, VPPrecond, VEPrecond or iDDPMPrecond) around its
+    SongUNet or DhariwalUNet.
 
     `denoise(x_nhwc, sigma[N], class_labels[N, label_dim] | None) -> D(x; sigma)` (NHWC float32)
     is a jitted function closing over the parameters; inside your own `jax.jit` use
@@ -637,9 +950,11 @@ def load(path):
     Both take `compute_dtype=jnp.bfloat16` to run the network in bfloat16 with the float32
     parameters cast at each use (normalisation statistics, softmax and the preconditioning stay
     float32).
-    `meta`: 'precond' (class_name, sigma_data, sigma_min, sigma_max), 'constructor' (the
-    `EDMPrecondNet` kwargs), 'source', 'params' (nnx.State: Params and resample buffers),
-    'graphdef', 'apply', 'apply_raw(params, x_in, c_noise, labels)' (the raw network F), 'net'.
+    `meta`: 'precond' (class_name and its settings, see `precond_of`; every class has sigma_min
+    and sigma_max, the range upstream samplers clamp to), 'constructor' (the preconditioner
+    class's kwargs), 'source', 'params' (nnx.State: Params and buffers: resample filters,
+    Fourier freqs, iDDPM's u), 'graphdef', 'apply', 'apply_raw(params, x_in, c_noise, labels)'
+    (the raw network F), 'net'.
     """
     from jaxdiff.checkpoint import Checkpointer
 
@@ -647,9 +962,10 @@ def load(path):
     if not os.path.isdir(path):
         return from_edm_pickle(path)
     info = describe(path)
-    constructor = info["constructor"]
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: EDMPrecondNet(**constructor)))
+    constructor, class_name = info["constructor"], info["precond"]["class_name"]
+    cls = precond_class(class_name)
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: cls(**constructor)))
     like = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
     with Checkpointer(os.path.join(path, "checkpoint")) as ck:
         _, state, _ = ck.restore({"params": like})
-    return _bundle(graphdef, state["params"], constructor, info["source"])
+    return _bundle(graphdef, state["params"], constructor, info["source"], class_name)

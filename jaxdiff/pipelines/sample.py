@@ -77,26 +77,34 @@ def load_source(spec: SampleSpec) -> DenoiserSource:
 
 
 def _edm_source(spec: SampleSpec) -> DenoiserSource:
-    """An imported NVlabs/edm network (`models.edm.load`): its raw SongUNet F under jaxdiff's
+    """An imported NVlabs/edm network (`models.edm.load`), class labels one-hot; images in
+    [-1, 1], EDM's and jaxdiff's model space. EDMPrecond nets: the raw network F under jaxdiff's
     own EDM preconditioner (`diffusion.denoiser.edm_denoiser`, the same c_skip/c_out/c_in/
-    c_noise), class labels one-hot. Images in [-1, 1], EDM's and jaxdiff's model space."""
+    c_noise). VPPrecond / VEPrecond / iDDPMPrecond nets: the network's own preconditioner, the
+    full `net(x, sigma, onehot)`. The sigma grid is the solver's configured one either way
+    (upstream `generate.py` instead clamps its sigma_min/max to the net's, meta['precond'])."""
     _, meta = edm.load(spec.model_dir)
     kw, graphdef = meta["constructor"], meta["graphdef"]
     label_dim = int(kw.get("label_dim", 0))
+    onehot = lambda cond: (None if cond is None or not label_dim
+                           else jax.nn.one_hot(cond, label_dim))
+    is_edm = meta["precond"]["class_name"] == "EDMPrecond"
 
     def make_denoise(params):
         net = nnx.merge(graphdef, params)
+        if not is_edm:
+            return lambda x, sigma, cond=None: net(x, sigma, onehot(cond)).astype(x.dtype)
 
         def raw(x_in, c_noise, cond=None):
-            onehot = None if cond is None or not label_dim else jax.nn.one_hot(cond, label_dim)
-            return net.raw(x_in, c_noise, onehot)
+            return net.raw(x_in, c_noise, onehot(cond))
 
         return edm_denoiser(raw, meta["precond"]["sigma_data"])
 
     size, channels = int(kw["img_resolution"]), int(kw["img_channels"])
     return DenoiserSource(meta["params"], make_denoise, (size, size, channels), label_dim, None,
-                          size, f"NVlabs/edm {kw.get('model_type', 'SongUNet')} from "
-                          f"{meta['source']} ({size} px, {label_dim} classes)")
+                          size, f"NVlabs/edm {meta['precond']['class_name']}("
+                          f"{kw.get('model_type', 'SongUNet')}) from {meta['source']} "
+                          f"({size} px, {label_dim} classes)")
 
 
 def make_sampler(spec: SampleSpec, ctx: SamplingContext):

@@ -1,6 +1,8 @@
-"""The Flax port of NVlabs/edm's SongUNet (DDPM++) + EDMPrecond (`jaxdiff.models.edm`) against the
-real-format fixture shared/fixtures/edm/ (a tiny class-conditional DDPM++ net with random weights
-and the outputs upstream PyTorch computed in float32, NCHW)."""
+"""The Flax port of NVlabs/edm's SongUNet + preconditioners (`jaxdiff.models.edm`) against
+real-format fixtures: shared/fixtures/edm/ (a tiny class-conditional DDPM++ net under EDMPrecond)
+and tests/fixtures/edm_ncsn/ (NCSN++ under VEPrecond, DDPM++ under VPPrecond, a 'skip'
+encoder/decoder SongUNet under iDDPMPrecond), each with random weights and the outputs upstream
+PyTorch computed in float32, NCHW."""
 
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff.errors import UserError
 from jaxdiff.models import edm
 from jaxdiff.torch_reader import named_modules, read_edm_pickle, state_dict
 
@@ -155,10 +158,11 @@ def test_resamplers_with_11_filter():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(embedding_type="fourier"), "embedding_type='fourier'"),
-    (dict(encoder_type="residual"), "encoder_type='residual'"),
-    (dict(decoder_type="skip"), "decoder_type='skip'"),
-    (dict(model_type="DhariwalUNet"), "model_type='DhariwalUNet'"),
+    (dict(embedding_type="sinusoid"), "embedding_type='sinusoid' is not a SongUNet option"),
+    (dict(encoder_type="dense"), "encoder_type='dense'"),
+    (dict(decoder_type="residual"), "decoder_type='residual'"),
+    (dict(model_type="DiT"), "model_type='DiT' is not supported"),
+    (dict(num_heads=2), r"unsupported constructor arguments \['num_heads'\]"),
 ])
 def test_unsupported_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -228,3 +232,207 @@ def test_bfloat16_compute_with_float32_parameters(loaded):
     assert max(err) < 3e-2, err
     hlo = meta["apply"].lower(*args, compute_dtype=jnp.bfloat16).as_text()
     assert "bf16" in hlo and "convolution" in hlo
+
+
+# ---------------------------------------------------------------------------------------------
+# NCSN++ (Fourier embedding, residual encoder with fused resampling) and the VP / VE / iDDPM
+# preconditioners, against tests/fixtures/edm_ncsn/ (tiny networks built and run by the upstream
+# classes; random weights; see its README)
+
+NCSN = Path(__file__).resolve().parents[1] / "fixtures" / "edm_ncsn"
+NCSN_NETS = {   # fixture -> (preconditioner record, SongUNet options)
+    "ncsnpp_ve_cond": (dict(class_name="VEPrecond", sigma_min=0.02, sigma_max=100.0),
+                       dict(embedding_type="fourier", encoder_type="residual",
+                            resample_filter=[1, 3, 3, 1], channel_mult_noise=2)),
+    "ddpmpp_vp_uncond": (dict(class_name="VPPrecond", beta_d=19.9, beta_min=0.1, M=1000,
+                              epsilon_t=1e-5, sigma_min=0.0009765625,
+                              sigma_max=152.16697692871094),
+                         dict(embedding_type="positional", encoder_type="standard")),
+    "iddpm_skip_cond": (dict(class_name="iDDPMPrecond", C_1=0.001, C_2=0.008, M=1000,
+                             sigma_min=0.006422337144613266, sigma_max=20291.169921875),
+                        dict(encoder_type="skip", decoder_type="skip")),
+}
+# Measured on CPU (float32), max|ours - ref| / max|ref| per image: out <= 1.5e-6, F_x <= 1.1e-6
+# (README table). The issue asks for 1e-5.
+NCSN_RTOL = 1e-5
+
+
+def _outputs(meta, io):
+    """(jitted run(params, *args) -> (out, F_x), args) of the port on the fixture's inputs."""
+    labels = jnp.asarray(io["class_labels"]) if "class_labels" in io else None
+    graphdef = meta["graphdef"]
+
+    @jax.jit
+    def run(params, x, sigma, labels, model_in, c_noise):
+        net = edm.nnx.merge(graphdef, params)
+        return net(x, sigma, labels), net.raw(model_in, c_noise, labels)
+
+    return run, (nhwc(io["x"]), jnp.asarray(io["sigma"]), labels, nhwc(io["model_in"]),
+                 jnp.asarray(io["c_noise"]))
+
+
+@pytest.fixture(scope="module", params=list(NCSN_NETS))
+def ncsn(request):
+    """(name, meta, io, run, (params, *inputs), [out, F_x]) of one fixture network loaded from
+    its pickle."""
+    name = request.param
+    _, meta = edm.load(NCSN / f"{name}.pkl")
+    io = dict(np.load(NCSN / f"{name}_io.npz"))
+    run, args = _outputs(meta, io)
+    # committed to a device, as arrays restored by Orbax are: the same compiled `run` serves both
+    params = jax.device_put(meta["params"], jax.devices()[0])
+    return name, meta, io, run, (params,) + args, [nchw(a) for a in run(params, *args)]
+
+
+def test_ncsn_fixture_networks_match_pytorch(ncsn):
+    """Each preconditioner around its SongUNet reproduces upstream's D(x) (with and without
+    labels) and raw F_x; the preconditioner's own c_noise and c_in match what upstream fed the
+    network; the record of the preconditioner is what the pickle says."""
+    name, meta, io, run, args, (out, f_x) = ncsn
+    precond, options = NCSN_NETS[name]
+    assert meta["precond"] == precond
+    assert {k: meta["constructor"][k] for k in options} == options
+    assert max(rel_err_per_image(out, io["out"])) <= NCSN_RTOL
+    assert max(rel_err_per_image(f_x, io["F_x"])) <= NCSN_RTOL
+    if "out_nolabels" in io:   # labels None: upstream's zero row (same program, zero labels)
+        params, x, sigma, labels, model_in, c_noise = args
+        no = nchw(run(params, x, sigma, jnp.zeros_like(labels), model_in, c_noise)[0])
+        assert max(rel_err_per_image(no, io["out_nolabels"])) <= NCSN_RTOL
+    c_skip, c_out, c_in, c_noise = meta["net"].scalings(jnp.asarray(io["sigma"]))
+    # VP: XLA divides by the constant beta_d as a multiplication by its reciprocal: 1 ulp
+    np.testing.assert_allclose(np.asarray(c_noise), io["c_noise"], rtol=1e-7, atol=0)
+    np.testing.assert_allclose(np.asarray(c_in)[:, None, None, None] * io["x"], io["model_in"],
+                               rtol=1e-7, atol=0)
+    if name == "iddpm_skip_cond":   # nearest entry of u: sigma 0.002 -> u[1000] = 0 -> -1
+        np.testing.assert_array_equal(np.asarray(c_noise), [-1, 289, 701, 991])
+        assert f_x.shape[1] == 6 and out.shape[1] == 3   # D uses the first img_channels
+
+
+def test_ncsnpp_state_dict_maps_one_to_one_and_bad_arrays_are_named():
+    """The NCSN++ arrays (Fourier freqs, fused `_aux_residual` convs, 4x4 filters) land on their
+    Flax paths; a missing or mis-shaped array is refused with its name."""
+    snap = read_edm_pickle(NCSN / "ncsnpp_ve_cond.pkl")
+    sd = state_dict(snap.ema)
+    abstract = edm.build_from_record(snap.ema)
+    converted = edm.convert_state_dict(abstract, sd)
+    assert set(converted) == set(edm._flat_state(abstract)) == {tuple(n.split(".")) for n in sd}
+    np.testing.assert_array_equal(converted[("model", "map_noise", "freqs")],
+                                  sd["model.map_noise.freqs"])
+    assert converted[("model", "enc", "4x4_aux_residual", "weight")].shape == (3, 3, 8, 16)
+    binomial = np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64
+    np.testing.assert_array_equal(
+        converted[("model", "enc", "8x8_aux_residual", "resample_filter")], binomial)
+    assert abstract.model.enc["8x8_aux_residual"].fused_resample
+    missing = {k: v for k, v in sd.items() if k != "model.map_noise.freqs"}
+    with pytest.raises(UserError, match=r"missing \(no torch array\): model\.map_noise\.freqs"):
+        edm.convert_state_dict(abstract, missing)
+    bad = dict(sd)
+    bad["model.enc.4x4_aux_residual.weight"] = np.zeros((16, 3, 3, 3), np.float32)
+    bad["model.map_noise.freqs"] = np.zeros((8, 1), np.float32)
+    with pytest.raises(UserError) as e:
+        edm.convert_state_dict(abstract, bad)
+    assert "mis-shaped: model.enc.4x4_aux_residual.weight: shape (3, 3, 3, 16) (converted) != " \
+        "Flax (3, 3, 8, 16)" in str(e.value)
+    assert "mis-shaped: model.map_noise.freqs: no conversion rule for a 2-d" in str(e.value)
+    assert "missing" not in str(e.value)
+    # a recorded layer attribute that disagrees (a non-fused aux_residual) is named too
+    modules = named_modules(snap.ema)
+    edm._check_records(abstract, modules)
+    modules["model.enc.8x8_aux_residual"].state["fused_resample"] = False
+    with pytest.raises(UserError, match="8x8_aux_residual: up/down/fused_resample"):
+        edm._check_records(abstract, modules)
+
+
+def test_vp_ve_import_checkpoint_reloads_identically(ncsn, tmp_path):
+    """`jaxdiff import-checkpoint` of a VP / VE / iDDPM pickle: edm.json records the
+    preconditioner class and settings; `edm.load(DIR)` rebuilds the same network (graph with
+    every static attribute, constructor, bitwise the same arrays) and gives bitwise the same
+    outputs."""
+    import json
+
+    from jaxdiff import cli
+    name, meta, io, run, args, outputs = ncsn
+    dest = tmp_path / "imported"
+    assert cli.main(["import-checkpoint", str(NCSN / f"{name}.pkl"), "--out", str(dest)]) == 0
+    info = json.loads((dest / edm.IMPORTED_JSON).read_text())
+    assert info["precond"] == NCSN_NETS[name][0] == edm.describe(dest)["precond"]
+    _, meta2 = edm.load(dest)
+    assert type(meta2["net"]) is type(meta["net"]) and meta2["constructor"] == meta["constructor"]
+    assert repr(meta2["graphdef"]) == repr(meta["graphdef"])
+    a, b = jax.tree.leaves(meta2["params"]), jax.tree.leaves(meta["params"])
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(run(meta2["params"], *args[1:]), outputs):
+        np.testing.assert_array_equal(nchw(x), y)
+
+
+@pytest.mark.parametrize("kwargs, arrays, params", [
+    # edm-cifar10-32x32-cond-ve / -uncond-ve, edm-ffhq/afhqv2-64x64-uncond-ve (spec table 2.4)
+    (dict(img_resolution=32, label_dim=10, channel_mult=[2, 2, 2]), 434, 56_400_643),
+    (dict(img_resolution=32, label_dim=0, channel_mult=[2, 2, 2]), 432, 56_397_827),
+    (dict(img_resolution=64, label_dim=0, channel_mult=[1, 2, 2, 2]), 563, 62_761_091),
+])
+def test_official_ncsnpp_configurations_have_the_official_sizes(kwargs, arrays, params):
+    net = edm.nnx.eval_shape(lambda: edm.EDMPrecondNet(
+        img_channels=3, augment_dim=9, model_channels=128, embedding_type="fourier",
+        encoder_type="residual", channel_mult_noise=2, resample_filter=[1, 3, 3, 1], **kwargs))
+    flat = edm._flat_state(net)
+    assert len(flat) == arrays
+    assert sum(int(np.prod(v.get_value().shape)) for p, v in flat.items()
+               if p[-1] not in ("resample_filter", "freqs")) == params
+
+
+def test_preconditioner_settings_derived_as_upstream():
+    """Settings a record leaves out are derived in float32 as upstream: VP sigma_min is
+    sigma(epsilon_t) = 0.0009765625, not 0.001; iDDPM's range comes from its buffer u."""
+    vp = edm.precond_of({}, "VPPrecond")
+    assert vp == NCSN_NETS["ddpmpp_vp_uncond"][0]
+    iddpm = edm.precond_of({}, "iDDPMPrecond")
+    u_file = state_dict(read_edm_pickle(NCSN / "iddpm_skip_cond.pkl").ema)["u"]
+    u = edm.iddpm_u(1000, 0.001, 0.008)
+    np.testing.assert_allclose(u, u_file, rtol=2e-5)   # see iddpm_u
+    assert iddpm["sigma_min"] == pytest.approx(NCSN_NETS["iddpm_skip_cond"][0]["sigma_min"],
+                                               rel=1e-6)
+    assert iddpm["sigma_max"] == pytest.approx(20291.17, rel=1e-5)
+    assert edm.precond_of({"sigma_min": 0.5}, "VEPrecond") == dict(
+        class_name="VEPrecond", sigma_min=0.5, sigma_max=100.0)
+    with pytest.raises(UserError, match="'FooPrecond' is not supported"):
+        edm.precond_of({}, "FooPrecond")
+
+
+def test_adm_pickle_loads_through_the_model_type_dispatch():
+    """EDMPrecond(model_type='DhariwalUNet') (tests/fixtures/edm_adm) is built through the
+    dispatch table, its records (positional endpoint False, adaptive_scale) check out and its
+    state dict converts one to one (shape-only; the numbers are tests/models/test_adm.py's)."""
+    from jaxdiff.models import adm
+    snap = read_edm_pickle(Path(__file__).resolve().parents[1] / "fixtures" / "edm_adm"
+                           / "edm_adm_cond.pkl")
+    abstract = edm.build_from_record(snap.ema)
+    assert isinstance(abstract.model, adm.DhariwalUNet)
+    edm._check_records(abstract, named_modules(snap.ema))
+    edm.convert_state_dict(abstract, state_dict(snap.ema))
+    modules = named_modules(snap.ema)
+    modules["model.enc.16x16_block0"].state["adaptive_scale"] = False
+    with pytest.raises(UserError, match="16x16_block0: num_heads/skip_scale/adaptive_scale"):
+        edm._check_records(abstract, modules)
+
+
+def test_sample_source_uses_the_networks_own_preconditioner(tmp_path):
+    """`jaxdiff sample --config.source=edm` with a non-EDM network (iDDPMPrecond here): the
+    sampler's denoiser is the network's own preconditioner with one-hot labels, so it
+    reproduces upstream's D(x) (class indices in, one-hot inside)."""
+    from jaxdiff.pipelines import sample as SP
+    from jaxdiff.specs.sample import resolve as resolve_sample
+    from tests.helpers import tiny_sample_config
+    pkl = NCSN / "iddpm_skip_cond.pkl"
+    io = dict(np.load(NCSN / "iddpm_skip_cond_io.npz"))
+    spec = resolve_sample(tiny_sample_config(tmp_path, model_dir=str(pkl), source="edm",
+                                             **{"quality.enabled": False}))
+    src = SP.load_source(spec)
+    assert src.sample_shape == (16, 16, 3) and src.num_classes == 10
+    assert "iDDPMPrecond(SongUNet)" in src.description
+    cond = jnp.asarray(io["class_labels"].argmax(1))
+    out = jax.jit(lambda s, x, sg, c: src.make_denoise(s)(x, sg, c))(
+        src.state, nhwc(io["x"]), jnp.asarray(io["sigma"]), cond)
+    assert max(rel_err_per_image(nchw(out), io["out"])) <= NCSN_RTOL
