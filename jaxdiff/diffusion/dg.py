@@ -32,6 +32,7 @@ evaluation adds one discriminator forward and backward pass per sample (`disc_ca
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
@@ -98,14 +99,16 @@ def dg_heun(disc_logit: Callable, weight, weight_2nd=0.0, time_min=0.01,
     `dg_denoiser(weight)` and the correction evaluation `dg_denoiser(weight_2nd)` (DG's
     `dg_weight_1st_order` / `dg_weight_2nd_order`); Euler on a final step to sigma = 0. With
     `weight == weight_2nd` it equals `solvers.heun()` on `dg_denoiser`. Weights and the window
-    may be traced."""
+    may be traced; a Python `weight_2nd == 0` (DG's default) leaves the discriminator out of
+    the correction evaluation altogether (half the program to compile)."""
 
     def init(x, sigmas):
         return S.XState(x)
 
     def step(state, den, sigma, sigma_next, keys, cond):
         first = dg_denoiser(den, disc_logit, weight, time_min, time_max)
-        second = dg_denoiser(den, disc_logit, weight_2nd, time_min, time_max)
+        second = (den if _static_zero(weight_2nd) else
+                  dg_denoiser(den, disc_logit, weight_2nd, time_min, time_max))
         x = state.x
         d = (x - first(x, sigma, cond)) / sigma
         x_e = x + (sigma_next - sigma) * d
@@ -119,6 +122,10 @@ def dg_heun(disc_logit: Callable, weight, weight_2nd=0.0, time_min=0.01,
         return S.XState(x_next), jnp.where(sigma_next > 0, 2, 1)
 
     return S.Solver(init, step, "dg_heun", False)
+
+
+def _static_zero(w) -> bool:
+    return isinstance(w, (int, float)) and w == 0
 
 
 def disc_calls(sigmas, weight, weight_2nd=0.0, time_min=0.01, time_max=1.0):
@@ -161,10 +168,11 @@ def dg_sampler(ctx, settings: DGSettings, disc):
     dstate = shd.replicate(disc.state(), ctx.mesh)
     s = settings
 
-    @jax.jit
-    def run(state, dstate, key, offset, sigmas, w):
+    @functools.partial(jax.jit, static_argnames="w2_zero")
+    def run(state, dstate, key, offset, sigmas, w, w2_zero):
         den = ctx.source.make_denoise(state)
-        solver = dg_heun(disc.make_logit(dstate), *w)
+        w1, w2, lo, hi = w
+        solver = dg_heun(disc.make_logit(dstate), w1, 0.0 if w2_zero else w2, lo, hi)
         x_T = S.prior_sample(key, (b, *shape), sigmas[0], offset=offset)
         x_T = lax.with_sharding_constraint(x_T, bsh)
         idx = jnp.arange(b, dtype=jnp.int32) + offset
@@ -176,6 +184,7 @@ def dg_sampler(ctx, settings: DGSettings, disc):
 
     def fn(state, key, offset, sigmas, hparams):
         w = tuple(jnp.float32(v) for v in (s.weight, s.weight_2nd, s.time_min, s.time_max))
-        return run(state, dstate, key, offset, sigmas, w)
+        # Static: DG's default w2 = 0 compiles no discriminator into the correction evaluation.
+        return run(state, dstate, key, offset, sigmas, w, w2_zero=float(s.weight_2nd) == 0)
 
     return fn

@@ -2,16 +2,21 @@
 with a chosen solver and guidance on a Karras grid, sharded over the device mesh.
 
 The path (config -> `jaxdiff.specs.sample.resolve` -> here): load the source -> build the batch
-sampler of the guidance (`SAMPLERS` below: plain solver, DiffRS, LiDAR and the reward-guided
-baselines of `diffusion.reward_samplers`) -> one jitted call per batch of `batch_size` (a
-multiple of the device count; sample i uses `fold_in(key, i)` and its label depends only on i, so
-the samples depend neither on the batch size nor on the device count; the last batch is computed
-at full size and trimmed) -> quality figures -> outputs.
+sampler of the guidance (`make_sampler` below: plain solver, DiffRS, Discriminator Guidance
+(`diffusion.dg`), LiDAR and the reward-guided baselines of `diffusion.reward_samplers`) -> one
+jitted call per batch of `batch_size` (a multiple of the device count; sample i uses
+`fold_in(key, i)` and its label depends only on i, so the samples depend neither on the batch
+size nor on the device count; the last batch is computed at full size and trimmed) -> quality
+figures -> outputs.
 
 Outputs in `run_dir`:
 * `samples.npz`   `samples` (model space `[N, H, W, C]` float32, pixels in [-1, 1]), `images`
                   (uint8), `labels` (`[N]`, -1 = unconditional), `nfe` (per sample);
 * `samples.png`   a grid of the first samples; `results.json` (NFE, timings, quality figures).
+
+Discriminators (DiffRS `guidance.disc_dir`, DG): a `jaxdiff train-discriminator` run, or DG's
+published discriminator (ADM classifier + head) imported by `models.dg.import_discriminator`;
+DG also reads DG's two `.pt` files directly (`guidance.classifier`, `guidance.head`).
 
 Source `edm`: an NVlabs/edm network (`models.edm.load`: a pickle or an imported directory), no
 quality figures yet (Inception FID is not implemented yet).
@@ -33,6 +38,7 @@ from flax import nnx
 
 from jaxdiff import data as jdata
 from jaxdiff import sharding as shd
+from jaxdiff.diffusion import dg as DG
 from jaxdiff.diffusion import gmm as G
 from jaxdiff.diffusion import quality as Q
 from jaxdiff.diffusion import quality_net as QN
@@ -41,10 +47,12 @@ from jaxdiff.diffusion import schedules
 from jaxdiff.diffusion.batch_samplers import (DenoiserSource, SamplingContext, diffrs_sampler,
                                               plain_sampler)
 from jaxdiff.diffusion.denoiser import edm_denoiser
-from jaxdiff.diffusion.saved import load_discriminator, load_model
+from jaxdiff.diffusion.saved import DISC_JSON, load_discriminator, load_model
 from jaxdiff.distributed import to_host
+from jaxdiff.errors import MissingInputError, UserError
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.images import save_grid
+from jaxdiff.models import dg as dg_model
 from jaxdiff.models import edm
 from jaxdiff.pipelines import common
 from jaxdiff.specs.sample import SampleSpec
@@ -113,9 +121,58 @@ def make_sampler(spec: SampleSpec, ctx: SamplingContext):
     if g.name == "none":
         return plain_sampler(ctx)
     if g.name == "diffrs":
-        return diffrs_sampler(ctx, g.settings, load_discriminator(g.settings.disc_dir))
+        return diffrs_sampler(ctx, g.settings, open_discriminator(g.settings.disc_dir, ctx))
+    if g.name == "dg":
+        return DG.dg_sampler(ctx, g.settings, _dg_discriminator(g.settings, ctx))
     _, make = RS.REWARD_SAMPLERS[g.name]
     return make(ctx, g.settings, RS.make_reward(g.settings.reward, ctx.source, spec.data_dir))
+
+
+def open_discriminator(disc_dir: str, ctx: SamplingContext, time: str = "auto"):
+    """The discriminator in `disc_dir`: DG's, imported by `models.dg.import_discriminator`
+    (checked against the source's images and labels; `time` other than "auto" overrides its
+    recorded time convention), or a `jaxdiff train-discriminator` run's."""
+    if not dg_model.is_imported(disc_dir):
+        if not os.path.isfile(os.path.join(disc_dir, DISC_JSON)):
+            raise MissingInputError(
+                f"discriminator directory {disc_dir} holds neither a finished `jaxdiff "
+                f"train-discriminator` run ({DISC_JSON}) nor a DG discriminator imported by "
+                f"jaxdiff.models.dg.import_discriminator ({dg_model.IMPORTED_JSON})")
+        return load_discriminator(disc_dir)
+    disc = dg_model.open_imported(disc_dir)
+    if time != "auto":
+        disc = disc._replace(spec={**disc.spec, "time": time})
+    _check_dg(disc, ctx, disc_dir)
+    return disc
+
+
+def _dg_discriminator(s: DG.DGSettings, ctx: SamplingContext):
+    """The discriminator of DG guidance: `disc_dir`, or DG's two `.pt` files with DG's
+    architecture at the source's image size."""
+    if s.disc_dir:
+        return open_discriminator(s.disc_dir, ctx, s.time)
+    shape, src = tuple(ctx.source.sample_shape), ctx.source
+    if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3:
+        raise UserError(f"DG's ADM classifier reads square RGB images; the source samples "
+                        f"{shape} ({src.description})")
+    disc = dg_model.open_pair(s.classifier, s.head, image_size=shape[0], time=s.time)
+    _check_dg(disc, ctx, s.head)
+    return disc
+
+
+def _check_dg(disc, ctx: SamplingContext, where: str) -> None:
+    """A DG discriminator fits the source: the same image shape, and a conditional head only
+    with labels, of at most as many classes as the head has (DG's heads take argmax labels)."""
+    src, k = ctx.source, disc.num_classes
+    if tuple(disc.image_shape) != tuple(src.sample_shape):
+        raise UserError(f"the DG discriminator {where} reads {disc.image_shape} images; the "
+                        f"source samples {tuple(src.sample_shape)} ({src.description})")
+    if k and (ctx.label_fn is None or src.num_classes > k):
+        got = ("unlabelled" if ctx.label_fn is None
+               else f"labelled from {src.num_classes} classes")
+        raise UserError(f"the DG discriminator {where} is class-conditional ({k} classes); the "
+                        f"samples are {got} (use a conditional source with labels, or an "
+                        "unconditional head)")
 
 
 def _labels(spec: SampleSpec, num_classes: int):

@@ -6,7 +6,10 @@
   analytic Gaussian mixture, `gmm`);
 * `solver`: name (aliases resolved) and its traced hyperparameters (edm: churn; ddim: eta), a
   Karras grid of `steps` levels;
-* `guidance`: "none", "diffrs" (`batch_samplers.DiffRSSettings`) or a reward-guided method of
+* `guidance`: "none", "diffrs" (`batch_samplers.DiffRSSettings`; `disc_dir` a `jaxdiff
+  train-discriminator` run or a DG discriminator imported by `models.dg.import_discriminator`),
+  "dg" (Discriminator Guidance, `diffusion.dg.DGSettings`: that `disc_dir`, or DG's two `.pt`
+  files `classifier` + `head`) or a reward-guided method of
   `reward_samplers.REWARD_SAMPLERS` (lidar, gradient, best_of_n, svdd, fk) with its settings and
   `reward` section; a key the config leaves out takes the settings' default (printed);
 * `labels`: "cycle" (sample i gets class i mod K), "none", or one class number.
@@ -15,16 +18,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from jaxdiff.diffusion import guidance as GD
 from jaxdiff.diffusion import quality_net as QN
 from jaxdiff.diffusion import solvers
 from jaxdiff.diffusion.batch_samplers import DiffRSSettings
+from jaxdiff.diffusion.dg import DGSettings
 from jaxdiff.diffusion.reward_samplers import (REWARD_SAMPLERS, REWARDS, RewardSettings,
                                               fk_resample_mask)
-from jaxdiff.diffusion.saved import read_model_spec
+from jaxdiff.diffusion.saved import DISC_JSON, read_model_spec
 from jaxdiff.errors import UserError
+from jaxdiff.models import dg as dg_model
 from jaxdiff.models import edm
 from jaxdiff.specs.base import Resolution, Resolver, SpecError, absolute_path
 from jaxdiff.specs.common import RunSpec, run_spec
@@ -32,7 +38,7 @@ from jaxdiff.specs.common import RunSpec, run_spec
 SOURCES = ("run", "gmm", "edm")
 # Solver hyperparameters read from the `solver` section (passed traced: no recompiles).
 SOLVER_HPARAMS = {"edm": ("s_churn", "s_tmin", "s_tmax", "s_noise"), "ddim": ("eta",)}
-GUIDANCE = ("none", "diffrs", *REWARD_SAMPLERS)
+GUIDANCE = ("none", "diffrs", "dg", *REWARD_SAMPLERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +207,8 @@ def _guidance(r: Resolver, solver: str, batch_size: int) -> GuidanceSpec:
         return GuidanceSpec(name, None)
     if name == "diffrs":
         return GuidanceSpec(name, _diffrs(r, solver))
+    if name == "dg":
+        return GuidanceSpec(name, _dg(r, solver))
     settings_type, _ = REWARD_SAMPLERS[name]
     known = {"name", "reward"} | {k for t, _ in REWARD_SAMPLERS.values() for k in t._fields}
     for k in r.section("guidance"):
@@ -235,7 +243,8 @@ def _diffrs(r: Resolver, solver: str) -> DiffRSSettings:
     v = _with_defaults(r, "guidance", DiffRSSettings)
     if not v["disc_dir"]:
         raise SpecError("config key 'guidance.disc_dir' must name a `jaxdiff "
-                        "train-discriminator` run directory")
+                        "train-discriminator` run directory or a DG discriminator imported by "
+                        "jaxdiff.models.dg.import_discriminator")
     s = DiffRSSettings(absolute_path(v["disc_dir"]), r.number("guidance.gamma", 0.0, maximum=1.0),
                        r.integer("guidance.warmup", minimum=1),
                        r.integer("guidance.warmup_batch", minimum=1),
@@ -245,6 +254,65 @@ def _diffrs(r: Resolver, solver: str) -> DiffRSSettings:
         raise SpecError("config keys 'guidance.warmup' / 'guidance.warmup_batch': warmup must be "
                         "a positive multiple of warmup_batch")
     return s
+
+
+def _disc_dir(value) -> str:
+    """DG's `disc_dir`: a finished `jaxdiff train-discriminator` run or a DG discriminator
+    imported by `models.dg.import_discriminator` (absolute path). (DiffRS's is checked when it
+    is loaded: its warm-up cache may be prepared before the run finishes.)"""
+    path = absolute_path(value)
+    if not (dg_model.is_imported(path) or os.path.isfile(os.path.join(path, DISC_JSON))):
+        raise SpecError(f"config key 'guidance.disc_dir' = {path} holds neither a finished "
+                        f"`jaxdiff train-discriminator` run ({DISC_JSON}) nor an imported DG "
+                        f"discriminator ({dg_model.IMPORTED_JSON})")
+    return path
+
+
+def _dg(r: Resolver, solver: str) -> DGSettings:
+    """DG guidance: DG's Heun (solver 'heun'), the discriminator, DG's weights and window."""
+    if solver != "heun":
+        raise SpecError(f"DG guidance wraps EDM's deterministic Heun sampler (separate weights "
+                        f"for its two evaluations); config key 'solver.name' = {solver!r} must "
+                        "be 'heun'")
+    for k in r.section("guidance"):
+        if k != "name" and k not in DGSettings._fields:
+            raise SpecError(f"config key 'guidance.{k}' is not a 'dg' setting; valid: "
+                            f"{list(DGSettings._fields)}")
+    v = _with_defaults(r, "guidance", DGSettings)
+    if v["disc_dir"]:
+        if v["classifier"] or v["head"]:
+            raise SpecError("config keys 'guidance.disc_dir' and 'guidance.classifier' / "
+                            "'guidance.head' are exclusive: give an imported discriminator "
+                            "directory or DG's two .pt files")
+        files = {"disc_dir": _disc_dir(v["disc_dir"])}
+    else:
+        files = {k: _dg_file(v[k], k) for k in ("classifier", "head")}
+    w = {k: r.number(f"guidance.{k}", 0.0) for k in ("weight", "weight_2nd")}
+    lo, hi = (r.number(f"guidance.{k}", 0.0, maximum=1.0) for k in ("time_min", "time_max"))
+    if lo > hi:
+        raise SpecError(f"config keys 'guidance.time_min' = {lo} and 'guidance.time_max' = "
+                        f"{hi}: the VP time window needs time_min <= time_max")
+    if v["time"] not in dg_model.TIME_CONVENTIONS:
+        raise SpecError(f"config key 'guidance.time' = {v['time']!r} is not one of "
+                        f"{list(dg_model.TIME_CONVENTIONS)}")
+    return DGSettings(**{**dict(disc_dir="", classifier="", head=""), **files}, **w,
+                      time_min=lo, time_max=hi, time=str(v["time"]))
+
+
+def _dg_file(value, key: str) -> str:
+    """One of DG's `.pt` files (absolute); missing: the message names the file and its URL."""
+    what = "ADM classifier (32x32_classifier.pt)" if key == "classifier" else \
+        "discriminator head (discriminator_60.pt / discriminator_250.pt)"
+    if not value:
+        raise SpecError(f"DG guidance needs config key 'guidance.disc_dir' (an imported DG "
+                        f"discriminator) or 'guidance.{key}': DG's {what}")
+    path = absolute_path(value)
+    if not os.path.isfile(path):
+        url = dg_model.CLASSIFIER_URL if key == "classifier" else \
+            "; ".join(f"{k}: {u}" for k, u in dg_model.HEAD_URLS.items())
+        raise SpecError(f"config key 'guidance.{key}' = {path} does not exist: download DG's "
+                        f"{what} from {url}")
+    return path
 
 
 def _reward(r: Resolver) -> RewardSettings:
