@@ -29,6 +29,7 @@ log-density of the samples and MMD / sliced Wasserstein against exact mixture dr
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -150,6 +151,15 @@ def _dg_discriminator(s: DG.DGSettings, ctx: SamplingContext):
     """The discriminator of DG guidance: `disc_dir`, or DG's two `.pt` files with DG's
     architecture at the source's image size."""
     if s.disc_dir:
+        run_json = os.path.join(s.disc_dir, DISC_JSON)
+        if not dg_model.is_imported(s.disc_dir) and os.path.isfile(run_json):
+            with open(run_json) as f:
+                extractor = json.load(f).get("extractor")
+            if extractor != "none":   # its features pass through stop_gradient: no guidance
+                raise UserError(f"DG guidance differentiates the discriminator by its input; "
+                                f"the discriminator run {s.disc_dir} has a frozen "
+                                f"'{extractor}' extractor whose features carry no gradient "
+                                "(train one with extractor 'none', or use DG's imported one)")
         return open_discriminator(s.disc_dir, ctx, s.time)
     shape, src = tuple(ctx.source.sample_shape), ctx.source
     if len(shape) != 3 or shape[0] != shape[1] or shape[2] != 3:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxdiff.diffusion import dg as DG
 from jaxdiff.diffusion import solvers as S
@@ -112,3 +113,37 @@ def test_dg_refusals(imported, tmp_path):
     with pytest.raises(UserError, match=r"class-conditional \(10 classes\); the samples are "
                                         "unlabelled"):
         SP.generate(dg_spec(dict(disc_dir=imported), labels="none"))
+
+
+def test_dgs_pt_files_load_with_dgs_architecture_at_the_source_size(imported, tmp_path,
+                                                                     monkeypatch):
+    """guidance.classifier / guidance.head: DG's architecture (here swapped for the tiny one)
+    at the source's image size, the head's conditioning read from the file; the same arrays as
+    the import. A train-discriminator run with a frozen extractor is refused for DG."""
+    seen = {}
+
+    def tiny_classifier(image_size=32):
+        seen["image_size"] = image_size
+        return dict(TINY["classifier"])
+
+    monkeypatch.setattr(dg_model, "classifier_config", tiny_classifier)
+    monkeypatch.setattr(dg_model, "head_config",
+                        lambda cls, condition, num_class: dict(TINY["head"], condition=condition,
+                                                               num_class=num_class))
+    spec = resolve_sample(_config(tmp_path, dict(
+        name="dg", classifier=str(FIX / "dg_classifier.pt"), head=str(FIX / "dg_head_cond.pt"))))
+    assert spec.guidance.settings.weight == 2.0 and spec.guidance.settings.weight_2nd == 0.0
+    ctx = SP.SamplingContext(SP.load_source(spec), "heun", 8, None, SP._labels(spec, 4))
+    disc = SP._dg_discriminator(spec.guidance.settings, ctx)
+    assert seen["image_size"] == 16 and disc.num_classes == 10
+    assert disc.spec["sources"] == [str(FIX / "dg_classifier.pt"), str(FIX / "dg_head_cond.pt")]
+    ref = dict(nnx.to_flat_state(dg_model.open_imported(imported).params))
+    for k, v in nnx.to_flat_state(disc.params):
+        np.testing.assert_array_equal(v.get_value(), ref[k].get_value())
+
+    run = tmp_path / "disc_run"
+    run.mkdir()
+    (run / "discriminator.json").write_text(json.dumps({"extractor": "quality_net"}))
+    with pytest.raises(UserError, match="frozen 'quality_net' extractor whose features carry no "
+                                        "gradient"):
+        SP.generate(resolve_sample(_config(tmp_path, dict(name="dg", disc_dir=str(run)))))
