@@ -89,3 +89,19 @@ def locate(tfds_name: str, data_dir=None, *, hint: str = "") -> Located:
         f"A prepared dataset is a folder <DIR>/{tfds_name}/<version>/ with dataset_info.json, "
         f"features.json and array_record shards. To get it: "
         f"{hint or 'prepare it with tfds build'}.")
+
+
+def disable_gcs() -> None:
+    """Make TFDS never touch Google Cloud Storage (it can wait ~60 s per try when offline).
+
+    `try_gcs=False` covers the data itself; TFDS also probes GCS for metadata unless its
+    module-level switch is set (jax-practice.md §6.1). The switch is private, so set it only if
+    it exists.
+    """
+    os.environ.setdefault("NO_GCE_CHECK", "true")
+    try:
+        from tensorflow_datasets.core.utils import gcs_utils
+    except ImportError:
+        return
+    if hasattr(gcs_utils, "_is_gcs_disabled"):
+        gcs_utils._is_gcs_disabled = True

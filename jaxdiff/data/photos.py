@@ -26,7 +26,7 @@ import numpy as np
 from jaxdiff.data import cache as _cache
 from jaxdiff.data import records
 from jaxdiff.data.datadirs import DatasetNotFoundError, Located, candidate_dirs, find_prepared
-from jaxdiff.data.registry import PhotoSource, _Entry  # noqa: F401 (PhotoSource: types)
+from jaxdiff.data.registry import PhotoSource
 from jaxdiff.data.transforms import resize_crop
 
 # Bump when the decoded content for the same key changes (decoder, transform, selection rules).
@@ -55,7 +55,7 @@ def locate_source(name: str, photos: PhotoSource, data_dir=None) -> tuple[Locate
         f"dataset_info.json, features.json and array_record shards. To get it: {photos.hint}.")
 
 
-def source_classes(name: str, e: _Entry, rs: records.RecordSplit) -> tuple[str, ...]:
+def source_classes(name: str, e, rs: records.RecordSplit) -> tuple[str, ...]:
     """The entry's classes as the source names them, in label order: its `wnids`, or all of
     the source's labels (which must then be as many as the registry's classes)."""
     if e.photos.wnids is not None:
@@ -67,7 +67,7 @@ def source_classes(name: str, e: _Entry, rs: records.RecordSplit) -> tuple[str, 
     return tuple(rs.label_names)
 
 
-def class_rows(name: str, e: _Entry, rs: records.RecordSplit
+def class_rows(name: str, e, rs: records.RecordSplit
                ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """`(rows, labels, wnids)`: the source rows of the entry's classes (ascending), their labels
     in the entry's order, and the classes as named in the source. `MissingClassesError` naming
@@ -94,12 +94,12 @@ def class_rows(name: str, e: _Entry, rs: records.RecordSplit
     return rows, lut[index[rows]], tuple(wnids)
 
 
-def open_split(name: str, e: _Entry, split: str, data_dir=None) -> records.RecordSplit:
+def open_split(name: str, e, split: str, data_dir=None) -> records.RecordSplit:
     located, tfds_name = locate_source(name, e.photos, data_dir)
     return records.open_split(located, tfds_name, e.photos.tfds_split(split))
 
 
-def class_counts(name: str, e: _Entry, split: str = "train", data_dir=None) -> tuple[int, ...]:
+def class_counts(name: str, e, split: str = "train", data_dir=None) -> tuple[int, ...]:
     """Photos per class of `split` by label, from the label index (no photo decoded; photos
     that fail to decode later are still counted here)."""
     rs = open_split(name, e, split, data_dir)
@@ -107,7 +107,7 @@ def class_counts(name: str, e: _Entry, split: str = "train", data_dir=None) -> t
     return tuple(int(c) for c in np.bincount(labels, minlength=len(wnids)))
 
 
-def check_classes(name: str, e: _Entry, data_dir=None) -> None:
+def check_classes(name: str, e, data_dir=None) -> None:
     """Cheap presence check (no record read): the source is prepared and its label names hold
     every class of the entry; `MissingClassesError` / `DatasetNotFoundError` otherwise."""
     for split in dict(e.photos.splits).values():
@@ -121,7 +121,7 @@ def check_classes(name: str, e: _Entry, data_dir=None) -> None:
                 f"as {name} needs it; {e.photos.hint})")
 
 
-def load_photos(name: str, e: _Entry, split: str, data_dir=None, *, res: int,
+def load_photos(name: str, e, split: str, data_dir=None, *, res: int,
                 cache: bool = True, mmap: bool = False) -> dict:
     """The entry's photos of `split` at res x res: {"images" [N, res, res, 3] uint8, "labels"
     [N] int32, "rows" [N] int64, "undecodable" [K] int64, "class_names"}; decoded once and

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxdiff.data import cache as _cache
-from jaxdiff.data.datadirs import DatasetNotFoundError, Located
+from jaxdiff.data.datadirs import DatasetNotFoundError, Located, disable_gcs
 
 _CHUNK = 1024      # records read per `__getitems__` call
 
@@ -60,9 +60,7 @@ def _builder(located: Located, tfds_name: str):
     class (directories prepared by TFDS versions that wrote no features.json)."""
     import tensorflow_datasets as tfds
 
-    from jaxdiff.data.sources import _disable_gcs
-
-    _disable_gcs()
+    disable_gcs()
     try:
         return tfds.builder_from_directory(str(located.path))
     except Exception:  # noqa: BLE001 - e.g. no features.json; try the catalogue next

@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxdiff.data import cache as _cache
 from jaxdiff.data.digits import DIGITS_SPLIT_SEED, load_digits_split
-from jaxdiff.data.datadirs import DatasetNotFoundError, Located, locate
+from jaxdiff.data.datadirs import DatasetNotFoundError, Located, disable_gcs, locate
 from jaxdiff.data.registry import DatasetInfo, as_size, check_split, entry, get_info
 from jaxdiff.data.transforms import resize_bilinear
 
@@ -126,27 +126,11 @@ def _valid(arrays: dict, e, size) -> bool:
     return images.ndim == 4 and images.shape[1:] == tuple(shape) and len(images) == len(labels)
 
 
-def _disable_gcs() -> None:
-    """Make TFDS never touch Google Cloud Storage (it can wait ~60 s per try when offline).
-
-    `try_gcs=False` covers the data itself; TFDS also probes GCS for metadata unless its
-    module-level switch is set (jax-practice.md §6.1). The switch is private, so set it only if
-    it exists.
-    """
-    os.environ.setdefault("NO_GCE_CHECK", "true")
-    try:
-        from tensorflow_datasets.core.utils import gcs_utils
-    except ImportError:
-        return
-    if hasattr(gcs_utils, "_is_gcs_disabled"):
-        gcs_utils._is_gcs_disabled = True
-
-
 def _read_tfds(name: str, e, split: str, located: Located) -> tuple[np.ndarray, np.ndarray]:
     """Decode a whole split: `(images [N, H, W, C] uint8, labels [N] int32)`."""
     import tensorflow_datasets as tfds
 
-    _disable_gcs()
+    disable_gcs()
     try:
         source = tfds.data_source(f"{e.tfds_name}:{located.version}", split=split,
                                   data_dir=str(located.data_dir), download=False, try_gcs=False)

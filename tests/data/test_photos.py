@@ -15,12 +15,12 @@ import pytest
 
 from jaxdiff import data
 from jaxdiff.data import photos, records
+from jaxdiff.data import synthetic
 from jaxdiff.data.imagenet import SUBSETS
 from jaxdiff.data.tiny_imagenet import main as prepare_main
 from jaxdiff.data.transforms import resize_crop, resize_crop_float
 from jaxdiff.errors import MissingInputError
 
-from tests import tfds_fixture as F
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "imagenet_transform" / "transform.npz"
 DISTRACTORS = {"n01443537": (3, 1), "n01484850": (2, 1)}   # goldfish, great white shark
@@ -56,7 +56,7 @@ def imagenet(tmp_path_factory):
     counts = {w: (4, 2) for w in SUBSETS["imagenette"].wnids + SUBSETS["imagewoof"].wnids}
     counts[SUBSETS["imagewoof"].wnids[0]] = (1, 1)
     counts.update(DISTRACTORS)
-    written = F.write_imagenet2012(root, counts, corrupt=[CORRUPT], size_range=(20, 60))
+    written = synthetic.write_imagenet2012(root, counts, corrupt=[CORRUPT], size_range=(20, 60))
     return root, written
 
 
@@ -156,7 +156,7 @@ def test_missing_classes_are_named(tmp_path):
     nette = SUBSETS["imagenette"]
     counts = {w: (2, 1) for w in nette.wnids[2:]}
     counts[nette.wnids[0]] = (2, 0)          # in train, absent from validation
-    F.write_imagenet2012(tmp_path, counts, size_range=(20, 30))   # nette.wnids[1]: nowhere
+    synthetic.write_imagenet2012(tmp_path, counts, size_range=(20, 30))   # nette.wnids[1]: nowhere
     with pytest.raises(photos.MissingClassesError) as e:
         data.load("imagenette", "train", data_dir=tmp_path)
     msg = str(e.value)
@@ -171,7 +171,7 @@ def test_missing_classes_are_named(tmp_path):
 
 
 def test_imagenette_from_tfds_imagenette(tmp_path):
-    written = F.write_imagenette(tmp_path, 2, 1)
+    written = synthetic.write_imagenette(tmp_path, 2, 1)
     ds = data.load("imagenette_tfds", "train", data_dir=tmp_path, image_size=16)
     wnids = SUBSETS["imagenette"].wnids
     want = [wnids.index(w) for _, w, _, _ in written["train"]]
@@ -192,8 +192,8 @@ def test_missing_source_says_how_to_prepare(tmp_path):
 
 
 def test_tiny_imagenet_prepared_from_the_official_zip(tmp_path, capsys):
-    wnids = F.fake_wnids(200)
-    zipped = F.write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", wnids, 2, 1)
+    wnids = synthetic.fake_wnids(200)
+    zipped = synthetic.write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", wnids, 2, 1)
     assert prepare_main([str(tmp_path / "tiny-imagenet-200.zip"), "--out", str(tmp_path)]) == 0
     assert "JAXDIFF_DATA_DIR" in capsys.readouterr().out
     order = sorted(wnids)                    # ImageFolder's class order
@@ -215,7 +215,7 @@ def test_tiny_imagenet_prepared_from_the_official_zip(tmp_path, capsys):
 
 
 def test_cifar100_and_each_references_statistics(tmp_path):
-    written = F.write_cifar100(tmp_path, 2, 1)
+    written = synthetic.write_cifar100(tmp_path, 2, 1)
     ds = data.load("cifar100", "train", data_dir=tmp_path)
     assert np.array_equal(ds.images, written["train"][0]) and np.array_equal(ds.labels,
                                                                              written["train"][1])

@@ -1,11 +1,12 @@
-"""Synthetic prepared TFDS datasets for tests (written with `jaxdiff.data.tfds_writer`, no
-TensorFlow): a fake `imagenet2012` (the real 1000-label list, photos for chosen classes only,
-optional undecodable records), a fake `imagenette`, a fake official Tiny-ImageNet zip (turned
-into a dataset by the real `prepare` command) and a fake `cifar100`.
+"""Synthetic prepared datasets in the TFDS layout (written with `tfds_writer`, no TensorFlow),
+for smoke tests, benchmarks and fit checks of the full-scale presets where the real data is
+absent: a fake `imagenet2012` (TFDS's real 1000-label list, photos for chosen classes only,
+optional undecodable records), a fake `imagenette`, a fake official Tiny-ImageNet zip (made
+into a dataset by the real `tiny_imagenet.prepare`) and a fake `cifar100`.
 
 Photos are smooth random colour fields of varied sizes (JPEG-friendly, so files stay small) and
-each writer returns what it wrote — the photos as PIL decodes them back — so tests can compare
-loaders against an independent computation.
+each writer returns what it wrote — the photos as PIL decodes them back — so a test can compare
+a loader with an independent computation. Point `data_dir` / JAXDIFF_DATA_DIR at the root.
 """
 
 from __future__ import annotations
@@ -19,18 +20,13 @@ from PIL import Image
 
 from jaxdiff.data import tfds_writer
 from jaxdiff.data.imagenet import SUBSETS
-
-TFDS_IMAGENET_LABELS = None   # filled lazily: the real imagenet2012 label list (1000 wnids)
-
+from jaxdiff.data.registry import CIFAR100_CLASSES
 
 def imagenet_labels() -> list[str]:
     """TFDS imagenet2012's 1000 label names (sorted WordNet ids), from the TFDS package."""
-    global TFDS_IMAGENET_LABELS
-    if TFDS_IMAGENET_LABELS is None:
-        import tensorflow_datasets as tfds
-        path = Path(tfds.__file__).parent / "datasets" / "imagenet2012" / "labels.txt"
-        TFDS_IMAGENET_LABELS = path.read_text().split()
-    return TFDS_IMAGENET_LABELS
+    import tensorflow_datasets as tfds
+    path = Path(tfds.__file__).parent / "datasets" / "imagenet2012" / "labels.txt"
+    return path.read_text().split()
 
 
 def photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -149,8 +145,6 @@ def write_cifar100(root: Path, n_train: int, n_test: int, seed: int = 3) -> dict
     """A fake TFDS `cifar100/3.0.2/` with the catalogue's features (PNG image, label,
     coarse_label, id): `n_train` / `n_test` photos per class, class-sorted. Returns
     {split: (images [N, 32, 32, 3], labels [N])}."""
-    from jaxdiff.data.registry import CIFAR100_CLASSES
-
     rng = np.random.default_rng(seed)
     feats = tfds_writer.features(CIFAR100_CLASSES, encoding="png", shape=(32, 32, 3),
                                  text_keys=("id",),
