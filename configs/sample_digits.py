@@ -29,6 +29,10 @@ def get_config():
     c.gmm = dict(image_shape=(4, 4, 1), num_components=4, std=0.2, mean_scale=0.6, seed=0)
     c.quality = dict(enabled=True, num_real=0, seed=0, width=32, feature_dim=64, epochs=20,
                      batch_size=128, lr=1e-3)
+    # Inception FID (jaxdiff.fid): on when `ref` names reference statistics (EDM's .npz format,
+    # or `jaxdiff fid-ref`); `weights`: pytorch-fid's Inception file ('' = $JAXDIFF_FID_WEIGHTS).
+    c.fid = dict(ref="", weights="", resize="tf")
+    c.save_samples = True            # samples.npz of all samples (False: only the grid's)
     c.num_devices = 0                # 0 = all visible devices
     c.seed = 0
     c.grid_max = 100

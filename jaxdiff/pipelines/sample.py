@@ -18,8 +18,16 @@ Discriminators (DiffRS `guidance.disc_dir`, DG): a `jaxdiff train-discriminator`
 published discriminator (ADM classifier + head) imported by `models.dg.import_discriminator`;
 DG also reads DG's two `.pt` files directly (`guidance.classifier`, `guidance.head`).
 
-Source `edm`: an NVlabs/edm network (`models.edm.load`: a pickle or an imported directory), no
-quality figures yet (Inception FID is not implemented yet).
+Source `edm`: an NVlabs/edm network (`models.edm.load`: a pickle or an imported directory).
+EDMPrecond networks run their raw network under jaxdiff's EDM preconditioner; VP, VE and iDDPM
+networks under their own preconditioner, on the configured sigma grid clamped to the network's
+range (as EDM's generate.py; printed in the resolved block).
+
+FID (`fid.ref` set: `jaxdiff.fid`): each batch is quantised to the uint8 values EDM saves
+(`fid.inception.to_pixels`) and folded into streaming Inception statistics on the device; the
+Frechet distance to the reference `.npz` is computed once at the end (`fid` in results.json,
+with `images_per_s`, `nfe` and `nfe_executed`). With `save_samples` False only the first
+`grid_max` samples reach the host (the grid): 50,000 samples cost one batch of memory.
 
 Quality (source `run`, `quality.enabled`): Frechet distance on the features of a small
 classifier trained on the same data (NOT Inception FID), classifier accuracy (conditional
@@ -51,6 +59,9 @@ from jaxdiff.diffusion.denoiser import edm_denoiser
 from jaxdiff.diffusion.saved import DISC_JSON, load_discriminator, load_model
 from jaxdiff.distributed import to_host
 from jaxdiff.errors import MissingInputError, UserError
+from jaxdiff.fid import frechet as FF
+from jaxdiff.fid import inception as FI
+from jaxdiff.fid import stats as FS
 from jaxdiff.files import atomic_savez, atomic_write_json
 from jaxdiff.images import save_grid
 from jaxdiff.models import dg as dg_model
@@ -212,16 +223,52 @@ def generate(spec: SampleSpec, source: DenoiserSource | None = None) -> dict:
     key = jax.random.key(spec.run.seed)
     hparams = {k: jnp.float32(v) for k, v in s.hparams.items()}
     n, b = spec.num_samples, spec.batch_size
-    outs = [fn(state, key, jnp.int32(off), sigmas, hparams) for off in range(0, n, b)]
-    outs = to_host(outs)        # sharded over all processes' devices: gathered
-    samples = np.concatenate([x for x, _ in outs])[:n]
-    aux = {k: float(np.mean([float(a[k]) for _, a in outs])) for k in outs[0][1]}
-    idx = jnp.arange(n, dtype=jnp.int32)
-    labels_host = np.full(n, -1, np.int32) if labels is None else to_host(labels(idx))
+    keep = n if _keeps_all(spec, source) else min(n, spec.grid_max)
+    fid = _fid_statistics(spec, mesh) if spec.fid.enabled else None
+    kept, auxes = [], []
+    for off in range(0, n, b):
+        x, aux = fn(state, key, jnp.int32(off), sigmas, hparams)
+        if fid is not None:     # on device: the batch is folded into running sums, not kept
+            fid.add_batch(FI.to_pixels(x), (np.arange(off, off + b) < n).astype(np.float32))
+        if off < keep:
+            kept.append(x)
+        auxes.append(aux)
+    kept, auxes = to_host((kept, auxes))    # sharded over all processes' devices: gathered
+    samples = (np.concatenate(kept)[:keep] if kept else
+               np.zeros((0, *source.sample_shape), np.float32))
+    aux = {k: float(np.mean([float(a[k]) for a in auxes])) for k in auxes[0]}
+    idx = jnp.arange(keep, dtype=jnp.int32)
+    labels_host = np.full(keep, -1, np.int32) if labels is None else to_host(labels(idx))
+    seconds = timer.elapsed()
     return {"samples": samples, "labels": labels_host, "nfe": int(round(aux["nfe"])),
-            "aux": aux, "sigmas": to_host(sigmas), "source": source,
-            "seconds": timer.elapsed(), "mesh_size": ndev, "solver": s.name,
-            "solver_hparams": dict(s.hparams), "sampler": fn}
+            "aux": aux, "sigmas": to_host(sigmas), "source": source, "seconds": seconds,
+            "mesh_size": ndev, "solver": s.name, "solver_hparams": dict(s.hparams),
+            "sampler": fn, "num_samples": n, "fid": _fid_figures(spec, fid)}
+
+
+def _keeps_all(spec: SampleSpec, source: DenoiserSource) -> bool:
+    """Whether every sample must reach the host: saved, or scored by the quality figures (GMM
+    figures, the small-classifier ones); otherwise only the grid's first `grid_max`."""
+    return spec.save_samples or source.gmm is not None or (spec.quality.enabled and
+                                                           source.dataset is not None)
+
+
+def _fid_statistics(spec: SampleSpec, mesh):
+    """Streaming Inception statistics over the sampling mesh (`fid.stats`)."""
+    net = FI.load(spec.fid.weights)
+    return FS.InceptionStatistics(net, batch_size=spec.batch_size, resize=spec.fid.resize,
+                                  mesh=mesh)
+
+
+def _fid_figures(spec: SampleSpec, stats) -> dict:
+    """FID against `spec.fid.ref` (float64 on the host), with what it was measured on."""
+    if stats is None:
+        return {}
+    mu, sigma = stats.result()
+    ref_mu, ref_sigma = FS.load_reference(spec.fid.ref)
+    return {"fid": float(FF.fid_from_statistics(mu, sigma, ref_mu, ref_sigma)),
+            "fid_num_samples": stats.count, "fid_reference": spec.fid.ref,
+            "fid_detector": FS.describe_detector(spec.fid.resize)}
 
 
 def quality_figures(spec: SampleSpec, result: dict) -> dict:
@@ -267,31 +314,38 @@ def run(spec: SampleSpec) -> dict:
     src, x, labels = result["source"], result["samples"], result["labels"]
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
                                   resume=spec.run.resume)
-    print(f"[jaxdiff sample] {len(x)} samples from {src.description}; solver {result['solver']} "
-          f"{spec.solver.steps} steps, NFE {result['nfe']} per sample; "
-          f"{result['seconds']:.1f} s on {common.describe_devices()} (mesh {result['mesh_size']})",
-          flush=True)
-    npz = os.path.join(run_dir, "samples.npz")
+    n, seconds = result["num_samples"], result["seconds"]
+    print(f"[jaxdiff sample] {n} samples from {src.description}; solver {result['solver']} "
+          f"{spec.solver.steps} steps, NFE {result['nfe']} per sample; {seconds:.1f} s "
+          f"({n / seconds:.3g} images/s) on {common.describe_devices()} "
+          f"(mesh {result['mesh_size']})", flush=True)
+    written = []
     is_image = len(src.sample_shape) == 3
-    atomic_savez(npz, samples=x, images=jdata.model_space_to_uint8(x) if is_image else
-                 np.zeros((0,), np.uint8), labels=labels,
-                 nfe=np.full(len(x), result["nfe"], np.int32))
-    png = _save_grid(spec, run_dir, src, x, labels) if is_image else None
-    out = {"source": src.description, "num_samples": len(x), "solver": result["solver"],
+    if spec.save_samples:
+        written.append(os.path.join(run_dir, "samples.npz"))
+        atomic_savez(written[-1], samples=x, images=jdata.model_space_to_uint8(x) if is_image
+                     else np.zeros((0,), np.uint8), labels=labels,
+                     nfe=np.full(len(x), result["nfe"], np.int32))
+    if is_image and len(x):
+        written.append(_save_grid(spec, run_dir, src, x, labels))
+    aux = result["aux"]
+    out = {"source": src.description, "num_samples": n, "solver": result["solver"],
            "solver_hparams": result["solver_hparams"], "steps": spec.solver.steps,
-           "sigmas": result["sigmas"].tolist(), "nfe": result["nfe"], "aux": result["aux"],
-           "guidance": spec.guidance.name, "sampling_seconds": result["seconds"],
-           "mesh_size": result["mesh_size"], "devices": common.describe_devices(),
+           "sigmas": result["sigmas"].tolist(), "nfe": result["nfe"],
+           "nfe_executed": aux.get("nfe_executed", aux["nfe"]), "aux": aux,
+           "guidance": spec.guidance.name, "sampling_seconds": seconds,
+           "images_per_s": n / seconds, "mesh_size": result["mesh_size"],
+           "devices": common.describe_devices(), **result["fid"],
            **quality_figures(spec, result)}
     out["seconds"] = timer.elapsed()
-    atomic_write_json(os.path.join(run_dir, "results.json"), out)
-    for k in ("frechet_distance", "frechet_distance_real_train_vs_test", "classifier_accuracy",
-              "mean_entropy", "classifier_score", "gmm_mean_log_density",
+    written.append(os.path.join(run_dir, "results.json"))
+    atomic_write_json(written[-1], out)
+    for k in ("fid", "frechet_distance", "frechet_distance_real_train_vs_test",
+              "classifier_accuracy", "mean_entropy", "classifier_score", "gmm_mean_log_density",
               "gmm_reference_mean_log_density", "gmm_mmd_rbf"):
         if k in out:
             print(f"[jaxdiff sample]   {k}: {out[k]:.4g}", flush=True)
-    print(f"[jaxdiff sample] wrote {npz}" + (f", {png}" if png else "")
-          + f", {run_dir}/results.json", flush=True)
+    print(f"[jaxdiff sample] wrote {', '.join(written)}", flush=True)
     return out
 
 

@@ -71,6 +71,21 @@ class QualitySpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class FIDSpec:
+    """Inception FID of the samples (`jaxdiff.fid`): on when `ref` names reference statistics
+    (an EDM-format `.npz`); `weights` is pytorch-fid's Inception file, `resize` the detector's
+    preprocessing ("tf": EDM's, the default; "pytorch-fid")."""
+
+    ref: str
+    weights: str
+    resize: str
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ref)
+
+
+@dataclasses.dataclass(frozen=True)
 class GuidanceSpec:
     name: str
     settings: Any        # DiffRSSettings / LidarSettings / ... (None for "none")
@@ -91,6 +106,8 @@ class SampleSpec:
     num_classes: int          # of the source (0 = unconditional)
     guidance: GuidanceSpec
     quality: QualitySpec
+    fid: FIDSpec
+    save_samples: bool        # samples.npz of every sample (else only the grid's and figures)
     grid_max: int
     run: RunSpec
     resolution: Resolution
@@ -124,14 +141,72 @@ def resolve(config) -> SampleSpec:
     else:
         num_classes = gmm.num_components
     solver = _solver(r)
+    if source == "edm":
+        solver = _within_network_range(r, solver, model_spec["precond"])
     batch_size = r.integer("batch_size", minimum=1)
     guidance = _guidance(r, solver.name, batch_size)
     quality = _quality(r)
+    fid = _fid(r)
+    if fid.enabled and source == "gmm":
+        raise SpecError("config key 'fid.ref': Inception FID needs images (source run or edm); "
+                        "source=gmm reports exact mixture figures instead")
+    save = r.flag("save_samples") if r.has("save_samples") else r.fill(
+        "save_samples", True, "default")
     return SampleSpec(source, model_dir, model_spec, r.flag("use_ema"), r.get("data_dir", ""),
                       gmm, solver, r.integer("num_samples", minimum=1), batch_size,
-                      _labels(r, num_classes), num_classes, guidance, quality,
+                      _labels(r, num_classes), num_classes, guidance, quality, fid, bool(save),
                       r.integer("grid_max", minimum=0), run_spec(r, loop=False),
                       r.resolution(resumable=False))
+
+
+def _within_network_range(r: Resolver, solver: SolverSpec, precond: dict) -> SolverSpec:
+    """EDM's generate.py clamps the sigma grid to the network's range (VP and VE networks have
+    sigma_min 0.002 / 0.02 and finite sigma_max; EDMPrecond 0 and inf): the same here,
+    printed in the resolved block."""
+    lo = max(solver.sigma_min, float(precond.get("sigma_min", 0.0)))
+    hi = min(solver.sigma_max, float(precond.get("sigma_max", float("inf"))))
+    if lo >= hi:
+        raise SpecError(f"config keys 'solver.sigma_min' / 'solver.sigma_max' = "
+                        f"{solver.sigma_min} / {solver.sigma_max} do not overlap the network's "
+                        f"range [{precond.get('sigma_min')}, {precond.get('sigma_max')}]")
+    why = f"the network's {precond.get('class_name', 'preconditioner')} range, as EDM's generate.py"
+    if lo != solver.sigma_min:
+        r.adjust("solver.sigma_min", solver.sigma_min, lo, why)
+    if hi != solver.sigma_max:
+        r.adjust("solver.sigma_max", solver.sigma_max, hi, why)
+    return dataclasses.replace(solver, sigma_min=lo, sigma_max=hi)
+
+
+FID_KEYS = ("ref", "weights", "resize")
+
+
+def _fid(r: Resolver) -> FIDSpec:
+    """The `fid` section (absent = off). With `ref` set, the reference statistics (dimension
+    2048) and the Inception weights are checked here, before any sampling."""
+    from jaxdiff.fid.inception import RESIZE_MODES
+    from jaxdiff.fid.stats import load_reference
+    from jaxdiff.fid.weights import resolve_weights_path
+
+    section = r.section("fid") if r.has("fid") else {}
+    for k in section:
+        if k not in FID_KEYS:
+            raise SpecError(f"config key 'fid.{k}' is unknown; valid: {list(FID_KEYS)}")
+    resize = str(section.get("resize", "tf"))
+    if resize not in RESIZE_MODES:
+        raise SpecError(f"config key 'fid.resize' = {resize!r} is not one of {RESIZE_MODES}")
+    if not section.get("ref"):
+        return FIDSpec("", "", resize)
+    ref = r.path("fid.ref")
+    try:
+        load_reference(ref)
+    except UserError as e:
+        raise SpecError(f"config key 'fid.ref': {e}") from None
+    try:   # '' = $JAXDIFF_FID_WEIGHTS
+        weights = str(resolve_weights_path(r.path("fid.weights") if section.get("weights")
+                                           else None))
+    except UserError as e:
+        raise SpecError(f"config key 'fid.weights': {e}") from None
+    return FIDSpec(ref, weights, resize)
 
 
 def _gmm(r: Resolver) -> GMMSpec:
