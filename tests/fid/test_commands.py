@@ -32,17 +32,39 @@ def test_parser_choices_are_the_library_ones():
     assert commands.METHOD_CHOICES == frechet.METHODS
 
 
-def test_fid_of_statistics_files(tmp_path, capsys):
+@pytest.fixture
+def scored(monkeypatch):
+    """Record the statistics `jaxdiff fid` passes to the Fréchet distance and return a fixed
+    value: the CLI wiring is tested here, the 2048-d distance itself (seconds of eigenvalue
+    work) in test_frechet.py and test_stats.py."""
+    calls = []
+
+    def fake(mu1, sigma1, mu2, sigma2, *, method="eigh", eps=1e-6):
+        calls.append((np.asarray(mu1), np.asarray(sigma1), np.asarray(mu2), np.asarray(sigma2),
+                      method))
+        return 12.3456789
+
+    monkeypatch.setattr(frechet, "fid_from_statistics", fake)
+    return calls
+
+
+def test_fid_of_statistics_files(tmp_path, capsys, scored):
     a, b = _stats_file(tmp_path / "a.npz", seed=1), _stats_file(tmp_path / "b.npz", seed=2)
-    code, out, _ = run_cli(["fid", "--images", str(a), "--ref", str(b)], capsys)
+    code, out, _ = run_cli(["fid", "--images", str(a), "--ref", str(b), "--method", "sqrtm"],
+                           capsys)
     assert code == 0
+    assert out == f"FID 12.3457 (statistics {a} vs {b}; resize=tf)\n"
+    (mu1, s1, mu2, s2, method), = scored
     with np.load(a) as za, np.load(b) as zb:
-        want = frechet.fid_from_statistics(za["mu"], za["sigma"], zb["mu"], zb["sigma"])
-    assert out.startswith(f"FID {want:.6g} (statistics {a} vs {b}; resize=tf)")
+        for got, want in ((mu1, za["mu"]), (s1, za["sigma"]), (mu2, zb["mu"]), (s2, zb["sigma"])):
+            np.testing.assert_array_equal(got, want)
+    assert method == "sqrtm"
 
 
-def test_fid_ref_then_fid_of_the_same_images(net, seeded_sd, tmp_path, monkeypatch, capsys):
-    """fid-ref on 3 digits images, then fid of those 3 images as a samples.npz: FID ~ 0."""
+def test_fid_ref_then_fid_of_the_same_images(net, seeded_sd, tmp_path, monkeypatch, capsys,
+                                              scored):
+    """fid-ref on 3 digits images, then fid of those 3 images as a samples.npz: the scored
+    statistics are the reference's."""
     from jaxdiff import torch_reader
     from jaxdiff.data import load
 
@@ -59,12 +81,18 @@ def test_fid_ref_then_fid_of_the_same_images(net, seeded_sd, tmp_path, monkeypat
     with np.load(ref) as z:
         assert set(z.files) == {"mu", "sigma", "count", "detector", "resize", "source"}
         assert str(z["source"]) == "digits:train" and int(z["count"]) == 3
+        mu_ref, sigma_ref = z["mu"], z["sigma"]
     samples = tmp_path / "samples.npz"
     np.savez(samples, images=load("digits", "train").images[:3])
     code, out, err = run_cli(["fid", "--images", str(samples), "--ref", str(ref), "--batch", "4"],
                              capsys)
     assert code == 0, err
-    assert abs(float(out.split()[1])) < 1e-3 and f"3 images from {samples}" in out
+    assert out.startswith(f"FID 12.3457 (3 images from {samples} vs {ref}; resize=tf)")
+    (mu, sigma, mu2, sigma2, method), = scored
+    np.testing.assert_array_equal(mu2, mu_ref)
+    np.testing.assert_allclose(mu, mu_ref, rtol=1e-6)
+    assert np.max(np.abs(sigma - sigma_ref)) < 1e-6 * np.max(np.abs(sigma_ref))
+    assert method == "eigh"
 
 
 @pytest.mark.parametrize("case", ["no_weights", "missing_ref", "dim", "images", "dataset",
