@@ -111,6 +111,8 @@ def label_index(rs: RecordSplit, *, cache: bool = True) -> np.ndarray:
     if got is not None and got["labels"].shape == (len(rs),):
         return got["labels"]
     n = len(rs)
+    print(f"[jaxdiff data] reading the labels of the {n} records of {rs.located.path} split "
+          f"{rs.split!r} (once: cached)", flush=True)
     labels = np.empty(n, np.int32)
     for s in range(0, n, _CHUNK):
         labels[s:s + _CHUNK] = [int(ex["label"]) for ex in _read(rs, range(s, min(s + _CHUNK, n)))]

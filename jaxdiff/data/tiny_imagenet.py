@@ -74,6 +74,9 @@ def _validation(a: _Archive, wnids: list[str]) -> Iterator[tfds_writer.Example]:
     rows = [line.split("\t") for line in a.text("val/val_annotations.txt").splitlines()
             if line.strip()]
     for file_name, wnid, *_ in sorted(rows):
+        if wnid not in label:
+            raise ValueError(f"val/val_annotations.txt labels {file_name} with {wnid}, which "
+                             "is not in wnids.txt")
         yield tfds_writer.Example(a.read(f"val/images/{file_name}"), label[wnid],
                                   {"file_name": file_name})
 

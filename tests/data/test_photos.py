@@ -212,6 +212,12 @@ def test_tiny_imagenet_prepared_from_the_official_zip(tmp_path, capsys):
     assert_rounded(small.images[5], reference_transform(train.images[5], 32))
     assert prepare_main([str(tmp_path / "tiny-imagenet-200.zip"), "--out", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
+    import zipfile                           # the extracted folder works the same
+    zipfile.ZipFile(tmp_path / "tiny-imagenet-200.zip").extractall(tmp_path / "x")
+    assert prepare_main([str(tmp_path / "x" / "tiny-imagenet-200"), "--out",
+                         str(tmp_path / "y")]) == 0
+    again = data.load("tiny_imagenet", "test", data_dir=tmp_path / "y", cache=False)
+    assert np.array_equal(again.images, test.images) and np.array_equal(again.labels, test.labels)
 
 
 def test_cifar100_and_each_references_statistics(tmp_path):
