@@ -88,6 +88,27 @@ COMMANDS = {
                                    "trained denoiser"),
 }
 SHOW_HELP = "write PNG grids of the image sets in a run directory"
+PLAN_HELP = ("fit check: compile a command's step functions for the current mesh without running "
+             "them or reading data; print memory per device (parameters, optimiser state, "
+             "synthetic set, real batch, XLA temporaries), the total against the device's memory, "
+             "FLOPs and time per iteration. Options: --config.plan.accelerator=h200|h100|a100|v4|"
+             "v5e|v5p|v6e, .fraction=0.3, .precision=fp32|tf32|bf16, .device_memory=16GiB")
+PLAN_FLAG_HELP = "print the fit check (`jaxdiff plan`) instead of running, and exit"
+
+
+def _distill_plan():
+    from jaxdiff.pipelines import distill
+    return distill.plan
+
+
+def _experts_plan():
+    from jaxdiff.pipelines import experts
+    return experts.plan
+
+
+# Commands with a fit check: `plan(spec, options, for_run=False)` -> (.plan, .spec); their
+# `run(spec, plan_options)` checks the fit before any work.
+PLANNERS = {"distill": _distill_plan, "experts": _experts_plan}
 IMPORT_HELP = ("convert an official NVlabs/edm network pickle (read without PyTorch, no code "
                "from the file runs) into a directory of Flax parameters (Orbax) + edm.json")
 
@@ -116,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"preset name in configs/ or path to a config file (default: {default})")
         sp.add_argument("--resume", action="store_true", help="resume from the run's last checkpoint")
         sp.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        sp.add_argument("--plan", action="store_true", help=PLAN_FLAG_HELP)
+    sp = sub.add_parser("plan", help=PLAN_HELP, description=PLAN_HELP, parents=[cluster])
+    sp.add_argument("--config", required=True, help="preset name in configs/ or path to a config "
+                    "file (its command is read from the name: distill_*, experts_*, quickstart; "
+                    "or give --command)")
+    sp.add_argument("--command", dest="command_name", choices=sorted(PLANNERS), default=None,
+                    help="the command whose steps to plan (default: from the preset's name)")
     sp = sub.add_parser("show", help=SHOW_HELP, description=SHOW_HELP)
     sp.add_argument("run_dir", help="a run directory (or a .npz file of images)")
     sp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/show.png)")
@@ -165,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         except UserError as e:
             _user_error(args.command, e)
         return 0
+    if args.command == "plan":
+        try:
+            args.command, args.plan = _planned_command(args.config, args.command_name), True
+        except ValueError as e:
+            parser.exit(2, f"jaxdiff plan: {e}\n")
+        args.print_config = args.resume = False
+    overrides, args.plan_overrides = _split_plan_overrides(overrides)
     try:
         config = build_config(args.config, overrides)
     except (KeyError, TypeError, FileNotFoundError, ValueError) as e:
@@ -228,6 +263,9 @@ def _run_command(args, config) -> int:
     resolve, run = COMMANDS[args.command].load()
     from jaxdiff.specs.base import print_resolved
 
+    options = _plan_options(args)
+    if args.plan:
+        return _plan(args.command, resolve, config, options)
     spec = resolve(config)
     distributed.check_same("resolved config", {"command": args.command,
                                                "config": spec.resolution.config})
@@ -236,7 +274,71 @@ def _run_command(args, config) -> int:
         import json
         print(json.dumps(spec.resolution.config, indent=2, default=str))
         return 0
-    run(spec)
+    if args.command in PLANNERS:
+        run(spec, plan_options=options)
+    else:
+        run(spec)
+    return 0
+
+
+def _split_plan_overrides(overrides):
+    """`--config.plan.KEY=V` are the fit check's options, not config keys (a config may still
+    define a `plan` section of its own: then they are its keys)."""
+    plan = [(k[len("plan."):], v) for k, v in overrides if k.startswith("plan.")]
+    return [(k, v) for k, v in overrides if not k.startswith("plan.")], plan
+
+
+def _plan_options(args):
+    """The fit check's options from `--config.plan.*` (UserError on a bad key or value, or on a
+    command that has no fit check)."""
+    from jaxdiff.errors import UserError
+    from jaxdiff.pipelines.plan import options_from
+
+    if args.plan_overrides and args.command not in PLANNERS:
+        raise UserError(f"--config.plan.* options: `jaxdiff {args.command}` has no fit check "
+                        f"yet (commands with one: {', '.join(sorted(PLANNERS))})")
+    return options_from(args.plan_overrides)
+
+
+def _planned_command(config: str, given: str | None) -> str:
+    """The command `jaxdiff plan --config NAME` plans: `given`, else read from the preset's
+    name (`distill_*`, `experts_*`, ...; `quickstart` is distill)."""
+    if given:
+        return given
+    import os
+    stem = os.path.splitext(os.path.basename(config.split(":")[0]))[0]   # NAME[:ARGUMENT]
+    if stem == "quickstart":
+        return "distill"
+    for name in sorted(PLANNERS, key=len, reverse=True):
+        prefix = name.replace("-", "_")
+        if stem == prefix or stem.startswith(prefix + "_"):
+            return name
+    raise ValueError(f"cannot tell which command config {config!r} is for; name it: "
+                     f"--command {'|'.join(sorted(PLANNERS))}")
+
+
+def _plan(command: str, resolve, config, options) -> int:
+    """`--plan` / `jaxdiff plan`: resolve (where the data or a TM expert store is absent, from
+    the registry's shapes), compile the steps without running them, print; exit 0 (also when it
+    does not fit: the output says so and what to turn)."""
+    from jaxdiff import distributed
+    from jaxdiff.errors import UserError
+    from jaxdiff.pipelines.plan import resolve_for_plan
+    from jaxdiff.specs.base import print_resolved
+
+    if command not in PLANNERS:
+        raise UserError(f"--plan: `jaxdiff {command}` has no fit check yet (commands with one: "
+                        f"{', '.join(sorted(PLANNERS))})")
+    spec, notes = resolve_for_plan(resolve, config)
+    distributed.check_same("resolved config", {"command": command,
+                                               "config": spec.resolution.config})
+    planned = PLANNERS[command]()(spec, options)
+    if distributed.is_main():
+        print_resolved(planned.spec.resolution)
+        print(planned.plan.format())
+        for note in notes:
+            print(f"  note: {note}")
+        print(f"[jaxdiff {command}] plan only: nothing was run or written", flush=True)
     return 0
 
 

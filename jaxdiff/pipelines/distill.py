@@ -20,6 +20,7 @@ update. The run directory receives:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Callable, NamedTuple
@@ -27,6 +28,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxdiff import data as jdata
 from jaxdiff import sharding
@@ -48,6 +50,8 @@ from jaxdiff.images import save_grid
 from jaxdiff.models.classifiers import classifier_factory
 from jaxdiff.pipelines import common
 from jaxdiff.pipelines.loop import run_loop
+from jaxdiff.pipelines.plan import (Plan, PlanOptions, Program, divisors, largest_fitting,
+                                    make_plan, per_device_bytes)
 from jaxdiff.specs.distill import DistillSpec
 
 
@@ -78,30 +82,24 @@ def parameterisation(spec: DistillSpec, *, skip_warmup: bool = False):
     return get_parameterisation(spec.param.name, ipc=spec.ipc, **options)
 
 
-def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False) -> Built:
-    """Parameterisation, initial state and the jitted step of `spec` on the training split."""
+def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False,
+          program: StepProgram | None = None) -> Built:
+    """Parameterisation, initial state and the jitted step of `spec` on the training split;
+    `program`: the step as the fit check compiled it (`plan`), so the run reuses that compile."""
     info, loss = train.info, spec.loss
-    experts = None
-    if loss.name == "tm":  # check the expert buffer before any work (e.g. DDiF's warm-up)
-        experts = tm.open_experts(loss.tm.buffer_dir, info.name, info.image_shape,
-                                  max_start_epoch=loss.tm.max_start_epoch,
-                                  expert_epochs=loss.tm.expert_epochs)
+    if program is None:   # TM: the expert buffer is checked before any work (DDiF's warm-up)
+        program = step_program(spec, experts=_open_experts(spec))
+    step, place, experts = program.step, program.place, program.experts
     param = parameterisation(spec, skip_warmup=skip_warmup)
     pool = make_real_pool(train.images, train.labels, info.num_classes, info.mean, info.std)
     if pool.per_class < loss.batch_real:
         raise UserError(f"{info.name}'s training data has {pool.per_class} images in its smallest "
                         f"class, fewer than loss.batch_real = {loss.batch_real} (the registry "
                         "expected more: is the prepared dataset complete?)")
-    k_init, k_loop = jax.random.split(jax.random.key(spec.run.seed), 3)[:2]
+    k_init, k_loop = program.k_init, program.k_loop
     params, static = param.init(k_init, NormalisedPool(pool))  # reads only the chosen images
-    o = spec.opt
-    opt = make_optimizer(o.name, o.lr, momentum=o.momentum, groups=PARAM_GROUPS[param.name],
-                         group_lr=o.group_lr, masked=o.masked)
-    place = Placement(sharding.data_mesh(spec.run.num_devices or None))
-    make_model = spec.model.factory(info.image_shape, info.num_classes)
-    step = _method_step(spec, param, opt, make_model, place, experts, k_init)
     state = place.put_state(step.init(place.put_instances(params), k_loop))
-    jitted = jax.jit(step.update, donate_argnums=0)
+    jitted, make_model = program.jitted, program.make_model
     report = spec.param.budget
     if loss.name == "tm":
         feed = tm.segment_feeder(experts, max_start_epoch=loss.tm.max_start_epoch,
@@ -109,11 +107,55 @@ def build(spec: DistillSpec, train: jdata.Dataset, *, skip_warmup: bool = False)
                                  place=place)
         return Built(param, static, state, jitted, place.replicate((static,)), report, info,
                      make_model, feed)
-    batches = jax.eval_shape(step.real_keys, jax.random.key(0)).shape[0]  # per step (R)
-    shape = (batches, info.num_classes, loss.batch_real, *info.image_shape)
+    shape = real_batch_shape(spec, step)
     feed = real_batches(pool, loss.batch_real, k_loop, step.real_keys, place.real_batches(shape))
     step_args = place.replicate((static, pool.mean, pool.std))
     return Built(param, static, state, jitted, step_args, report, info, make_model, feed)
+
+
+class StepProgram(NamedTuple):
+    """The distillation step built without data: what `build` runs and `plan` compiles with
+    abstract inputs (the same jitted function, so the run reuses the fit check's compile)."""
+
+    step: Any             # the method's `DistillStep`
+    jitted: Callable      # `jax.jit(step.update, donate_argnums=0)`
+    place: Placement
+    make_model: Callable  # the classifier factory (distillation networks and evaluation)
+    experts: Any          # TM's `ExpertStore`; None otherwise (or when planning without one)
+    k_init: jax.Array     # the parameterisation's init key (and TM's student init)
+    k_loop: jax.Array     # the loop key the state carries
+
+
+def step_program(spec: DistillSpec, *, experts=None) -> StepProgram:
+    """The method's step for `spec` on the mesh of `spec.run.num_devices`; reads no data. TM:
+    the student is the `experts` store's model (None: the spec's `model` section, for a plan
+    made without the store)."""
+    info = spec.data.info
+    k_init, k_loop = jax.random.split(jax.random.key(spec.run.seed), 3)[:2]
+    param = parameterisation(spec, skip_warmup=True)   # the step only decodes: no warm-up here
+    o = spec.opt
+    opt = make_optimizer(o.name, o.lr, momentum=o.momentum, groups=PARAM_GROUPS[param.name],
+                         group_lr=o.group_lr, masked=o.masked)
+    place = Placement(sharding.data_mesh(spec.run.num_devices or None))
+    make_model = spec.model.factory(info.image_shape, info.num_classes)
+    step = _method_step(spec, param, opt, make_model, place, experts, k_init)
+    return StepProgram(step, jax.jit(step.update, donate_argnums=0), place, make_model,
+                       experts, k_init, k_loop)
+
+
+def real_batch_shape(spec: DistillSpec, step) -> tuple[int, ...]:
+    """`[R, C, batch_real, H, W, Ch]`: the real batches one DM/DC/LCMat-C update reads."""
+    info = spec.data.info
+    batches = jax.eval_shape(step.real_keys, jax.random.key(0)).shape[0]  # per step (R)
+    return (batches, info.num_classes, spec.loss.batch_real, *info.image_shape)
+
+
+def _open_experts(spec: DistillSpec):
+    t = spec.loss.tm
+    if spec.loss.name != "tm":
+        return None
+    return tm.open_experts(t.buffer_dir, spec.data.name, spec.data.info.image_shape,
+                           max_start_epoch=t.max_start_epoch, expert_epochs=t.expert_epochs)
 
 
 def _method_step(spec: DistillSpec, param, opt, make_model, place, experts, k_init):
@@ -123,12 +165,11 @@ def _method_step(spec: DistillSpec, param, opt, make_model, place, experts, k_in
     per_sample = dsa.per_sample_augment(loss.dsa_strategy)
     if loss.name == "tm":
         t = loss.tm
-        student_model = classifier_factory(experts.meta["model"]["name"], info.image_shape,
-                                           info.num_classes, depth=experts.meta["model"]["depth"],
-                                           width=experts.meta["model"]["width"],
-                                           norm=experts.meta["model"]["norm"])
+        m = experts.meta["model"] if experts is not None else spec.model.as_config()
+        student_model = classifier_factory(m["name"], info.image_shape, info.num_classes,
+                                           depth=m["depth"], width=m["width"], norm=m["norm"])
         student = flat_student(student_model, k_init)
-        if student.init_flat.size != experts.num_params:
+        if experts is not None and student.init_flat.size != experts.num_params:
             raise ValueError(f"the experts in {t.buffer_dir} have {experts.num_params} "
                              f"parameters, their model config builds {student.init_flat.size}")
         return tm.make_tm_step(param, opt, student, per_sample, syn_steps=t.syn_steps,
@@ -151,14 +192,20 @@ def _method_step(spec: DistillSpec, param, opt, make_model, place, experts, k_in
                            batch_train=d.batch_train, match_loss=match, **common_args)
 
 
-def run(spec: DistillSpec) -> dict:
-    """Distil, write the set and its images, evaluate; returns (and saves) the results dict."""
+def run(spec: DistillSpec, plan_options: PlanOptions | None = None) -> dict:
+    """Distil, write the set and its images, evaluate; returns (and saves) the results dict.
+    First the fit check (`plan`: the step compiled without data, `class_chunk` 0 chosen by
+    it): a run that does not fit stops here (`PlanError`), before data, warm-up or run dir."""
     timer = common.Timer()
+    planned = plan(spec, plan_options or PlanOptions(), for_run=True)
+    planned.plan.check()
+    spec = planned.spec
+    print(f"[jaxdiff distill] {planned.plan.summary()}", flush=True)
     train = spec.data.load("train", mmap=True)  # each step reads only its real batches' rows
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
                                   resume=spec.run.resume)
     resuming = spec.run.resume and _has_checkpoint(run_dir)
-    b = build(spec, train, skip_warmup=resuming)
+    b = build(spec, train, skip_warmup=resuming, program=planned.program)
     static = _frozen_arrays(run_dir, b.static, resuming)
     decode_all = jax.jit(lambda p, st: b.param.decode(p, st))
     labels = to_host(b.param.labels(static))
@@ -191,6 +238,149 @@ def run(spec: DistillSpec) -> dict:
     atomic_write_json(os.path.join(run_dir, "results.json"), out)
     print(f"[jaxdiff distill] done in {out['seconds']:.0f} s. Results: {run_dir}/results.json; "
           f"images: {run_dir}/final.png; metrics: {run_dir}/metrics.jsonl", flush=True)
+    return out
+
+
+# ----------------------------------------------------------------------------- fit check
+class Planned(NamedTuple):
+    """`plan`'s result: the figures, the compiled step's program (the run reuses it) and the
+    spec with `class_chunk` as chosen (a note in its resolved block)."""
+
+    plan: Plan
+    program: StepProgram
+    spec: DistillSpec
+
+
+def abstract_inputs(spec: DistillSpec, program: StepProgram) -> tuple:
+    """The arguments `program.jitted` receives in the run, as `ShapeDtypeStruct`s with the
+    run's shardings: `(state, step, static, [mean, std, real] | [start, target])`. No data is
+    read and no initialisation runs (`jax.eval_shape` of the parameterisation's init on an
+    abstract real pool)."""
+    info, place = spec.data.info, program.place
+    param = parameterisation(spec, skip_warmup=True)
+    pool = jax.ShapeDtypeStruct((info.num_classes, spec.param.budget.instances_per_class,
+                                 *info.image_shape), jnp.float32)
+    params, static = jax.eval_shape(param.init, program.k_init, pool)
+    state = jax.eval_shape(program.step.init, params, program.k_loop)
+    rep = jax.sharding.NamedSharding(place.mesh, jax.sharding.PartitionSpec())
+
+    def by_instance(a):   # `Placement.put_instances`: the instance axis over the mesh if it splits
+        split = a.ndim and place.n > 1 and a.shape[0] % place.n == 0
+        s = jax.sharding.NamedSharding(place.mesh, jax.sharding.PartitionSpec(
+            sharding.DATA_AXIS)) if split else rep
+        return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+
+    def replicated(tree):
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), tree)
+
+    state = state._replace(**{k: jax.tree.map(by_instance, v) if k in ("params", "opt")
+                              else replicated(v) for k, v in state._asdict().items()})
+    step = jax.ShapeDtypeStruct((), jnp.int32)
+    if spec.loss.name == "tm":
+        size = flat_size(program)
+        return (state, step, replicated(static),
+                *replicated((jax.ShapeDtypeStruct((size,), jnp.float32),) * 2))
+    shape = real_batch_shape(spec, program.step)
+    ch = info.image_shape[-1]
+    return (state, step, *replicated((static, jax.ShapeDtypeStruct((ch,), jnp.float32),
+                                      jax.ShapeDtypeStruct((ch,), jnp.float32))),
+            jax.ShapeDtypeStruct(shape, jnp.uint8, sharding=place.real_batches(shape)))
+
+
+def flat_size(program: StepProgram) -> int:
+    """TM: parameters of the student (= of every expert snapshot)."""
+    if program.experts is not None:
+        return int(program.experts.num_params)
+    return int(sum(np.prod(a.shape) for a in jax.tree.leaves(
+        nnx.state(program.make_model(nnx.Rngs(0)), nnx.Param))))
+
+
+def plan(spec: DistillSpec, options: PlanOptions = PlanOptions(), *, for_run: bool = False
+         ) -> Planned:
+    """The fit check of `spec`'s distillation step (compiled, never run; no data read).
+    `class_chunk` 0 (DM, DC): the largest divisor of the class count whose step fits, by binary
+    search (all classes at once when that fits; chunk 1 is reported when nothing does).
+    `for_run`: TM needs its expert store (a plan without it uses the spec's `model`)."""
+    experts = _open_experts(spec) if for_run else _experts_if_present(spec)
+    loss, classes = spec.loss, spec.data.info.num_classes
+    if loss.class_chunk or loss.name not in ("dm", "dc"):
+        return _plan_at(spec, options, experts, for_run)
+    tried: dict[int, Planned] = {}
+
+    def fits(chunk: int) -> bool:
+        at = _with_chunk(spec, 0 if chunk == classes else chunk)
+        tried[chunk] = _plan_at(at, options, experts, for_run)
+        return bool(agree(tried[chunk].plan.fits))
+
+    chosen = largest_fitting(divisors(classes), fits)
+    got = tried[chosen if chosen is not None else 1]
+    why = (f"auto: the largest divisor of {classes} classes whose step fits "
+           f"{got.plan.budget.source}" if chosen is not None else
+           "auto: no chunk fits, not even one class at a time")
+    note = f"class_chunk -> {chosen or 1}  ({why}; {len(tried)} compiled)"
+    resolution = dataclasses.replace(got.spec.resolution,
+                                     notes=got.spec.resolution.notes + (note,))
+    return got._replace(spec=dataclasses.replace(got.spec, resolution=resolution))
+
+
+def _plan_at(spec: DistillSpec, options: PlanOptions, experts, for_run: bool) -> Planned:
+    program = step_program(spec, experts=experts)
+    args = abstract_inputs(spec, program)
+    state, info, loss = args[0], spec.data.info, spec.loss
+    n = program.place.n
+    decoded = (spec.param.budget.instances_per_class * info.num_classes, *info.image_shape)
+    split = n > 1 and decoded[0] % n == 0
+    sections = [(f"parameters ({spec.param.name}, {spec.param.budget.total_instances} "
+                 "instances)", per_device_bytes(state.params)),
+                ("optimiser state (+ key, TM step size)",
+                 per_device_bytes(state) - per_device_bytes(state.params)),
+                ("frozen arrays (static)", per_device_bytes(args[2])),
+                ("synthetic set (decoded, float32)",
+                 int(np.prod(decoded)) * 4 // (n if split else 1))]
+    if loss.name == "tm":
+        sections.append(("expert segment (start + target)", per_device_bytes(args[3:])))
+    else:
+        sections.append((f"real batch ({loss.batch_real} per class, uint8)",
+                         per_device_bytes(args[-1])))
+    notes = []
+    if loss.name == "tm" and experts is None:
+        notes.append(f"no expert store at {loss.tm.buffer_dir}: the student is the spec's "
+                     "`model` section")
+    p = make_plan("distill", [Program(f"distill step ({spec.param.name}/{loss.name})",
+                                      program.jitted, args)],
+                  sections, options, knobs=_knobs(spec, n), notes=notes, for_run=for_run,
+                  num_devices=n, devices=f"{common.describe_devices()}, mesh data={n}")
+    return Planned(p, program, spec)
+
+
+def _with_chunk(spec: DistillSpec, chunk: int) -> DistillSpec:
+    return dataclasses.replace(spec, loss=dataclasses.replace(spec.loss, class_chunk=chunk))
+
+
+def _experts_if_present(spec: DistillSpec):
+    try:
+        return _open_experts(spec)
+    except UserError:
+        return None
+
+
+def _knobs(spec: DistillSpec, devices: int) -> list[str]:
+    """What lowers the memory per device, with the current values."""
+    loss = spec.loss
+    out = []
+    if loss.name == "tm":
+        t = loss.tm
+        out.append(f"loss.tm.batch_syn (now {t.batch_syn or 'all'}: instances per student step)")
+        out.append(f"loss.tm.syn_steps (now {t.syn_steps}) with loss.tm.mode=remat or tesla "
+                   f"(now {t.mode}; tesla's memory does not grow with syn_steps)")
+    else:
+        out.append(f"loss.batch_real (now {loss.batch_real})")
+        if loss.name in ("dm", "dc"):
+            out.append(f"class_chunk (now {loss.class_chunk or 'auto'}; 1 = one class's real "
+                       "batch at a time)")
+    out.append(f"more devices (now {devices}; num_devices=0 takes all, several processes add "
+               "theirs: the synthetic set and the real batches split over them)")
+    out.append(f"ipc (now {spec.ipc})")
     return out
 
 

@@ -21,8 +21,10 @@ an existing store. A store made with a different config is refused.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,15 +32,18 @@ import numpy as np
 from jax.sharding import SingleDeviceSharding
 from tqdm.auto import tqdm
 
+from jaxdiff import data as jdata
 from jaxdiff import distributed
 from jaxdiff import sharding as shd
 from jaxdiff.distill import augment as dsa
+from jaxdiff.distill import experts as distill_experts
 from jaxdiff.distill.experts import ExpertStore, expert_data, make_expert_trainer, param_layout
 from jaxdiff.distributed import to_host
 from jaxdiff.feeding import HostBatches
 from jaxdiff.files import atomic_write_json
 from jaxdiff.metrics import MetricWriter, check_finite, check_growth
 from jaxdiff.pipelines import common
+from jaxdiff.pipelines.plan import Plan, PlanOptions, Program, make_plan, per_device_bytes
 from jaxdiff.specs.experts import ExpertsSpec
 
 
@@ -54,15 +59,21 @@ def store_meta(spec: ExpertsSpec, info, layout) -> dict:
     }
 
 
-def run(spec: ExpertsSpec) -> dict:
-    """Train (or resume) the experts described by `spec`; returns the results dict."""
+def run(spec: ExpertsSpec, plan_options: PlanOptions | None = None) -> dict:
+    """Train (or resume) the experts described by `spec`; returns the results dict. The fit
+    check (`plan`) runs before the store is opened: a group that does not fit stops there."""
     timer = common.Timer()
     train, test = spec.data.load("train", mmap=True), spec.data.load("test")
     info = train.info
     d = expert_data(train, test, zca=spec.zca, zca_reg=spec.zca_reg)
     make_model = spec.model.factory(info.image_shape, info.num_classes)
-    init_key, data_key = jax.random.split(jax.random.key(spec.run.seed))
+    init_key = jax.random.split(jax.random.key(spec.run.seed))[0]   # as `_trainer`'s
     layout = param_layout(make_model, init_key)
+    trainer = _trainer(spec, make_model, int(d.train_x.shape[0]), d.transform)
+    planned = plan(spec, plan_options or PlanOptions(), for_run=True, trainer=trainer,
+                   num_test=int(d.test_x.shape[0]))
+    planned.plan.check()
+    print(f"[jaxdiff experts] {planned.plan.summary()}", flush=True)
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution, resume=spec.run.resume,
                                   key="buffer_dir")
     store = ExpertStore.create(run_dir, num_params=sum(int(np.prod(s)) for s in
@@ -71,10 +82,6 @@ def run(spec: ExpertsSpec) -> dict:
                                exist_ok=spec.run.resume)
     if d.zca is not None:
         store.save_zca(d.zca)
-    trainer = make_expert_trainer(
-        make_model, init_key=init_key, data_key=data_key, num_train=int(d.train_x.shape[0]),
-        lr=spec.lr, batch_size=spec.batch_size,
-        augment=dsa.per_sample_augment(spec.dsa_strategy), transform=d.transform)
     results_path = os.path.join(run_dir, "results.json")
     per_expert = {}
     if spec.run.resume and os.path.exists(results_path):
@@ -110,6 +117,73 @@ def run(spec: ExpertsSpec) -> dict:
               f"{100 * np.mean(accs):.2f} ± {100 * np.std(accs):.2f} % in "
               f"{timer.elapsed():.0f} s", flush=True)
     return out
+
+
+def _trainer(spec: ExpertsSpec, make_model, num_train: int, transform, factory=None):
+    """The expert trainer of `spec` (its jitted step is what the fit check compiles);
+    `factory`: `make_expert_trainer` (looked up when called) or another."""
+    init_key, data_key = jax.random.split(jax.random.key(spec.run.seed))
+    return (factory or make_expert_trainer)(
+        make_model, init_key=init_key, data_key=data_key, num_train=num_train, lr=spec.lr,
+        batch_size=spec.batch_size, augment=dsa.per_sample_augment(spec.dsa_strategy),
+        transform=transform)
+
+
+class Planned(NamedTuple):
+    plan: Plan
+    spec: ExpertsSpec
+
+
+def plan(spec: ExpertsSpec, options: PlanOptions = PlanOptions(), *, for_run: bool = False,
+         trainer=None, num_test: int = 0) -> Planned:
+    """The fit check of one group of `parallel` experts: its SGD step (run `steps_per_epoch`
+    times per epoch: one iteration here is an epoch of the group) and its test pass, compiled
+    with abstract inputs placed as `_PoolPlacement` places them; no data read (the registry's
+    split sizes; `trainer`/`num_test`: the run's, built on its data)."""
+    info = spec.data.info
+    notes = ["an iteration is one epoch of a group of experts (its steps x the step's FLOPs)"]
+    if trainer is not None and not hasattr(trainer.step, "trace"):
+        trainer = None   # a wrapped step (Python logic around the jitted one): plan a plain one
+    if trainer is None:
+        num_train = info.num_examples or spec.batch_size
+        if not info.num_examples:
+            notes.append(f"{info.name}'s train size is known only from its data: one batch per "
+                         "epoch assumed (FLOPs per iteration are per step)")
+        transform = None if spec.zca else functools.partial(
+            jdata.normalize_with, mean=jnp.asarray(info.mean, jnp.float32),
+            std=jnp.asarray(info.std, jnp.float32))
+        trainer = _trainer(spec, spec.model.factory(info.image_shape, info.num_classes),
+                           num_train, transform, factory=distill_experts.make_expert_trainer)
+    num_test = num_test or jdata.get_info(spec.data.name, "test").num_examples or 1
+    mesh = common.data_mesh_checked(spec.run.num_devices)[0]
+    n = mesh.shape[shd.DATA_AXIS]
+    group = min(spec.parallel, spec.num_experts)
+    split = n > 1 and group % n == 0          # `_PoolPlacement.place`
+    where = shd.batch_sharding(mesh) if split else SingleDeviceSharding(jax.local_devices()[0])
+    sds = lambda shape, dtype, s=where: jax.ShapeDtypeStruct(shape, dtype, sharding=s)  # noqa: E731
+    pixels = jnp.float32 if spec.zca else jnp.uint8
+    b, shape = spec.batch_size, info.image_shape
+    # on one device the ids (jnp.asarray) and the test split (host arrays) are uncommitted
+    loose = shd.replicated(mesh) if split else None
+    flat, ids = sds((group, trainer.num_params), jnp.float32), sds((group,), jnp.int32, where if
+                                                                    split else None)
+    x, y = sds((group, b, *shape), pixels), sds((group, b), jnp.int32)
+    test = (sds((num_test, *shape), pixels, loose), sds((num_test,), jnp.int32, loose))
+    programs = [Program(f"expert step ({group} experts x {b} images)", trainer.step,
+                        (flat, ids, jax.ShapeDtypeStruct((), jnp.int32), x, y),
+                        per_iteration=trainer.steps_per_epoch),
+                Program("test accuracy (once per group)", trainer.accuracy, (flat, *test),
+                        per_iteration=0)]
+    sections = [(f"expert parameters ({group} x {trainer.num_params} float32)",
+                 per_device_bytes(flat)),
+                (f"real batch ({group} x {b} images)", per_device_bytes((x, y))),
+                (f"test split ({num_test} images)", per_device_bytes(test))]
+    knobs = [f"parallel (now {group} experts per group)",
+             f"more devices (now {n}; a group whose size is a multiple of the device count is "
+             "split over them)", f"batch_size (now {b}; the references' is 256)"]
+    p = make_plan("experts", programs, sections, options, knobs=knobs, notes=notes,
+                  for_run=for_run, num_devices=n if split else 1, devices=f"{common.describe_devices()}, mesh data={n}")
+    return Planned(p, spec)
 
 
 class _PoolPlacement:
