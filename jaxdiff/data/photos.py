@@ -140,7 +140,7 @@ def load_photos(name: str, e, split: str, data_dir=None, *, res: int,
         return {**got, "class_names": source_classes(name, e, rs)}
     rows, labels, wnids = class_rows(name, e, rs)
     print(f"[jaxdiff data] {name} {split}: decoding {len(rows)} photos of {rs.located.path} to "
-          f"{res}x{res} (once: cached{'' if cache else ' off'})", flush=True)
+          f"{res}x{res}{' (once: then cached)' if cache else ' (cache off)'}", flush=True)
     transform = functools.partial(resize_crop, res=res, fit=p.fit, antialias=p.antialias)
     out = records.decode_rows(rs, rows, transform)
     images = out.images if len(out.rows) else np.zeros((0, res, res, 3), np.uint8)
