@@ -21,6 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The VE -> VP conversions models need too (DG's discriminator) live in the core module
+# `jaxdiff.noise_levels`; they are part of this module's interface.
+from jaxdiff.noise_levels import (COSINE_S as _COSINE_S, alpha_from_sigma,  # noqa: F401
+                                  vp_cosine_t, vp_linear_t)
+
 # --------------------------------------------------------------------------------------------
 # EDM / Karras sigma grid
 # --------------------------------------------------------------------------------------------
@@ -89,12 +94,6 @@ def _static_positive_int(n, name: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def alpha_from_sigma(sigma):
-    """VP signal scale of a VE noise level: `alpha = 1 / sqrt(1 + sigma**2)`."""
-    sigma = jnp.asarray(sigma)
-    return jax.lax.rsqrt(1.0 + jnp.square(sigma))
-
-
 def vp_std_from_sigma(sigma):
     """VP noise scale: `s = sigma / sqrt(1 + sigma**2)` (so `alpha**2 + s**2 = 1`)."""
     sigma = jnp.asarray(sigma)
@@ -151,16 +150,6 @@ def vp_linear_sigma(t, beta_min=0.1, beta_max=20.0):
     return jnp.sqrt(jnp.expm1(log_inv_ab))
 
 
-def vp_linear_t(sigma, beta_min=0.1, beta_max=20.0):
-    """Inverse of `vp_linear_sigma`: the positive root of `t**2 (b1-b0)/2 + t b0 = log(1 + sigma**2)`.
-
-        t(sigma) = (-b0 + sqrt(b0**2 + 2 (b1 - b0) log(1 + sigma**2))) / (b1 - b0).
-    """
-    sigma = jnp.asarray(sigma)
-    d = beta_max - beta_min
-    return (-beta_min + jnp.sqrt(beta_min**2 + 2.0 * d * jnp.log1p(jnp.square(sigma)))) / d
-
-
 def vp_linear_sigmas(
     n: int, eps_t=1e-3, beta_min=0.1, beta_max=20.0, *, append_zero=True, dtype=jnp.float32
 ) -> jax.Array:
@@ -177,7 +166,6 @@ def vp_linear_sigmas(
     return sigmas
 
 
-_COSINE_S = 0.008
 
 
 def vp_cosine_alpha_bar(t, s=_COSINE_S):
@@ -195,16 +183,6 @@ def vp_cosine_alpha_bar(t, s=_COSINE_S):
 def vp_cosine_sigma(t, s=_COSINE_S):
     """VE sigma of cosine-schedule time t: `sqrt(1/alpha_bar(t) - 1)`."""
     return sigma_from_alpha_bar(vp_cosine_alpha_bar(t, s))
-
-
-def vp_cosine_t(sigma, s=_COSINE_S):
-    """Inverse of `vp_cosine_sigma` (diffrs.md §3):
-
-        t = (1 + s) (2/pi) arccos(sqrt(f0) * alpha(sigma)) - s,   f0 = cos(s/(1+s) pi/2)**2.
-    """
-    f0 = math.cos(s / (1.0 + s) * math.pi / 2) ** 2
-    a = alpha_from_sigma(sigma)
-    return (1.0 + s) * (2.0 / jnp.pi) * jnp.arccos(jnp.clip(math.sqrt(f0) * a, -1.0, 1.0)) - s
 
 
 # --------------------------------------------------------------------------------------------

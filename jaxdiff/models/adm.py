@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff.models.edm import Conv2d, GroupNorm, Linear, UNetBlock, positional_embedding
+from jaxdiff.models.edm_layers import Conv2d, GroupNorm, Linear, UNetBlock, positional_embedding
 
 ADM_EPS = 1e-5               # GroupNorm eps of every DhariwalUNet norm (spec 4.4)
 ADM_CHANNELS_PER_HEAD = 64   # heads = out_channels // 64 (spec 2.3, 4.6)

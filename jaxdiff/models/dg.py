@@ -61,10 +61,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiff.diffusion.schedules import alpha_from_sigma, vp_cosine_t, vp_linear_t
+from jaxdiff.noise_levels import alpha_from_sigma, vp_cosine_t, vp_linear_t
 from jaxdiff.errors import MissingInputError, UserError
 from jaxdiff.models.discriminator import timestep_embedding
-from jaxdiff.models.edm import GroupNorm, Linear
+from jaxdiff.models.edm_layers import GroupNorm, Linear
 
 _HI = jax.lax.Precision.HIGHEST
 _DN = ("NHWC", "HWIO", "NHWC")
