@@ -110,7 +110,9 @@ def _experts_plan():
 # `run(spec, plan_options)` checks the fit before any work.
 PLANNERS = {"distill": _distill_plan, "experts": _experts_plan}
 IMPORT_HELP = ("convert an official NVlabs/edm network pickle (read without PyTorch, no code "
-               "from the file runs) into a directory of Flax parameters (Orbax) + edm.json")
+               "from the file runs) into a directory of Flax parameters (Orbax) + edm.json; "
+               "with --dg-head: DG's ADM classifier FILE + its discriminator head into a DG "
+               "discriminator (Orbax + dg.json) for sample's guidance dg / diffrs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,8 +151,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="PNG path (default RUN_DIR/show.png)")
     sp.add_argument("--max-images", type=int, default=400)
     sp = sub.add_parser("import-checkpoint", help=IMPORT_HELP, description=IMPORT_HELP)
-    sp.add_argument("file", help="an EDM network pickle (edm-*.pkl, network-snapshot-*.pkl)")
+    sp.add_argument("file", help="an EDM network pickle (edm-*.pkl, network-snapshot-*.pkl), "
+                    "or with --dg-head DG's ADM classifier (32x32_classifier.pt)")
     sp.add_argument("--out", required=True, help="a new (or empty) directory")
+    sp.add_argument("--dg-head", default=None, metavar="PT",
+                    help="DG's discriminator head (discriminator_60.pt, discriminator_250.pt)")
+    sp.add_argument("--image-size", type=int, default=32,
+                    help="the DG classifier's resolution (32 or 64; with --dg-head)")
     from jaxdiff.fid.commands import add_arguments as add_fid_arguments  # imports no jax
     add_fid_arguments(sub)
     return p
@@ -179,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "show":
                 from jaxdiff.pipelines.show import show
                 print(show(args.run_dir, out=args.out, max_images=args.max_images))
+            elif args.dg_head:
+                from jaxdiff.models.dg import import_discriminator
+                out = import_discriminator(args.file, args.dg_head, args.out,
+                                           image_size=args.image_size)
+                print(f"[jaxdiff import-checkpoint] wrote {out} (a DG discriminator: "
+                      "--config.guidance.disc_dir for guidance dg or diffrs)")
             else:
                 from jaxdiff.models.edm import import_checkpoint
                 print(f"[jaxdiff import-checkpoint] wrote {import_checkpoint(args.file, args.out)}"

@@ -165,3 +165,22 @@ def test_import_round_trip_and_head_condition_from_the_file(loaded, io_, tmp_pat
                                 head=TINY["head"])
     with pytest.raises(MissingInputError, match="not a DG discriminator imported"):
         dg.describe(tmp_path)
+
+
+def test_import_checkpoint_dg_head_refuses_files_of_another_architecture(tmp_path, capsys):
+    """`jaxdiff import-checkpoint CLASSIFIER --dg-head HEAD`: the tiny fixture networks are not
+    DG's 32 px architecture, so the command exits 2 naming mis-shaped arrays and writes
+    nothing."""
+    from jaxdiff import cli
+
+    out = tmp_path / "imported"
+    code = None
+    try:
+        code = cli.main(["import-checkpoint", str(FIX / "dg_classifier.pt"), "--dg-head",
+                         str(FIX / "dg_head_cond.pt"), "--out", str(out)])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "dg_classifier.pt" in err and "shape" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
