@@ -55,6 +55,7 @@ def get_config(arg: str | None = None):
     c = ml_collections.ConfigDict()
     c.source = "edm"
     c.model_dir = "checkpoints/edm-cifar10-32x32-cond-vp.pkl"
+    c.expect = dict(image_size=32, num_classes=10)   # the network the FID reference is for
     c.use_ema = True
     c.data_dir = ""
     c.solver = dict(name="heun", steps=18, sigma_min=0.002, sigma_max=80.0, rho=7.0,

@@ -28,6 +28,7 @@ def get_config(arg: str | None = None):
     c = cifar10_config("none")
     name = arg or "none"
     c.model_dir = "checkpoints/edm-imagenet-64x64-cond-adm.pkl"
+    c.expect = dict(image_size=64, num_classes=1000)
     c.solver.steps = 40
     c.batch_size = 256
     if name == "dg":

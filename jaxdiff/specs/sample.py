@@ -138,6 +138,8 @@ def resolve(config) -> SampleSpec:
         except UserError as e:
             raise SpecError(f"config key 'model_dir': {e}") from None
         num_classes = int(model_spec["constructor"].get("label_dim", 0))
+        _check_network(r, model_dir, int(model_spec["constructor"]["img_resolution"]),
+                       num_classes)
     else:
         num_classes = gmm.num_components
     solver = _solver(r)
@@ -157,6 +159,18 @@ def resolve(config) -> SampleSpec:
                       _labels(r, num_classes), num_classes, guidance, quality, fid, bool(save),
                       r.integer("grid_max", minimum=0), run_spec(r, loop=False),
                       r.resolution(resumable=False))
+
+
+def _check_network(r: Resolver, model_dir: str, size: int, num_classes: int) -> None:
+    """`expect.image_size` / `expect.num_classes` (0 or absent: anything) against the network:
+    a benchmark preset names what its FID reference was computed for, so a checkpoint of
+    another resolution or label count is refused before sampling, both values named."""
+    for key, have in (("image_size", size), ("num_classes", num_classes)):
+        want = r.integer(f"expect.{key}", minimum=0) if r.has(f"expect.{key}") else 0
+        if want and want != have:
+            raise SpecError(f"config key 'expect.{key}' = {want}, but the network {model_dir} "
+                            f"has {key} {have}: use the checkpoint this preset is for, or set "
+                            f"--config.expect.{key}={have} (and a matching fid.ref)")
 
 
 def _within_network_range(r: Resolver, solver: SolverSpec, precond: dict) -> SolverSpec:

@@ -37,6 +37,7 @@ def _config(run_dir, files, **over):
     return set_values(c, model_dir=str(pkl), num_samples=3, batch_size=2, num_devices=2,
                       save_samples=True, run_dir=str(run_dir), progress=False, **{
                           "solver.steps": 2, "fid.ref": str(files / "ref.npz"),
+                          "expect.image_size": 16,
                           "fid.weights": str(files / "weights.pth"), **over})
 
 
@@ -71,6 +72,10 @@ def test_fid_inputs_are_checked_before_sampling(tmp_path, files):
     c = _config(tmp_path / "r", files)
     c.fid.weights = str(tmp_path / "none.pth")
     with pytest.raises(SpecError, match=r"fid.weights'.*none.pth.*pytorch-fid/releases"):
+        resolve(c)
+    c = _config(tmp_path / "r", files)
+    c.expect.num_classes = 1000       # the fixture network is 16 px with 10 classes
+    with pytest.raises(SpecError, match=r"expect.num_classes' = 1000.*num_classes 10"):
         resolve(c)
     c = _config(tmp_path / "r", files)
     c.fid.resize = "bicubic"
