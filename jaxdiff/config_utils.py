@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import sys
 from pathlib import Path
 
@@ -37,8 +38,17 @@ def resolve_config_path(name_or_path: str) -> Path:
                             f"name in {[str(d) for d in config_search_dirs()]}. Presets: {known}")
 
 
+def split_preset_argument(name_or_path: str) -> tuple[str, str | None]:
+    """`"preset:ARG"` -> ("preset", "ARG"); anything without a ':' -> (it, None). The argument
+    selects a setting of a preset that has several (`get_config(arg)`)."""
+    name, sep, arg = name_or_path.partition(":")
+    return (name, arg) if sep else (name_or_path, None)
+
+
 def load_config(name_or_path: str) -> ml_collections.ConfigDict:
-    """Import a config file and call its `get_config()`."""
+    """Import a config file and call its `get_config()`; `"name:ARG"` calls `get_config("ARG")`
+    (presets with several settings, e.g. `distill_imagenet_subset:imagewoof,128,10,ddif_tm`)."""
+    name_or_path, arg = split_preset_argument(name_or_path)
     path = resolve_config_path(name_or_path)
     spec = importlib.util.spec_from_file_location(f"jaxdiff_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
@@ -50,7 +60,13 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
         sys.path.remove(str(path.parent))
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path} defines no get_config()")
-    config = module.get_config()
+    if arg is None:
+        config = module.get_config()
+    else:
+        takes = inspect.signature(module.get_config).parameters
+        if not takes:
+            raise ValueError(f"config {path.stem} takes no argument; drop ':{arg}'")
+        config = module.get_config(arg)
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
     return config

@@ -36,6 +36,7 @@ from jaxdiff.specs.base import Resolution, Resolver, SpecError, absolute_path
 from jaxdiff.specs.common import RunSpec, run_spec
 
 SOURCES = ("run", "gmm", "edm")
+EDM_PRETRAINED_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
 # Solver hyperparameters read from the `solver` section (passed traced: no recompiles).
 SOLVER_HPARAMS = {"edm": ("s_churn", "s_tmin", "s_tmax", "s_noise"), "ddim": ("eta",)}
 GUIDANCE = ("none", "diffrs", "dg", *REWARD_SAMPLERS)
@@ -133,6 +134,11 @@ def resolve(config) -> SampleSpec:
         if not model_dir:
             raise SpecError("source=edm needs --config.model_dir=FILE_OR_DIR (an NVlabs/edm "
                             "network pickle, or a directory from `jaxdiff import-checkpoint`)")
+        if not os.path.exists(model_dir):
+            raise SpecError(f"config key 'model_dir' = {model_dir}: no such file; the official "
+                            f"networks are at {EDM_PRETRAINED_URL}<name>.pkl (e.g. "
+                            "edm-cifar10-32x32-cond-vp.pkl), or give a directory from `jaxdiff "
+                            "import-checkpoint`")
         try:
             model_spec = edm.describe(model_dir)
         except UserError as e:
