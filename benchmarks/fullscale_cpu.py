@@ -3,7 +3,7 @@ data of the preset's shape (the real ImageNet is not needed): `jaxdiff.data.synt
 fake imagenet2012 with ImageNette's ten classes once, then the preset runs a few iterations at
 its real width (ConvNet-D5, 128 filters, 128 px) with the given overrides.
 
-    python -m benchmarks.fullscale_cpu                                   # FreD DM IPC 1, batch_real 16
+    python -m benchmarks.fullscale_cpu                        # FreD DM IPC 1, batch_real 16
     python -m benchmarks.fullscale_cpu --arg imagenette,128,1,fred_dm --set loss.batch_real=64
 
 Prints (and appends to --out) the wall seconds of every iteration after the first (the first

@@ -54,7 +54,8 @@ def get_config(arg: str | None = None):
     param, loss = method_parts(a["method"], PRESET, METHODS)
     by_res = SETTINGS[param, loss]
     choose(res, tuple(by_res), "RES", PRESET, f" (the references' {a['method']} resolutions)")
-    choose(ipc, by_res[res], "IPC", PRESET, f" (the references' {a['method']} settings at {res} px)")
+    choose(ipc, by_res[res], "IPC", PRESET,
+           f" (the references' {a['method']} settings at {res} px)")
     c = distill_config(dataset=subset, image_size=res, ipc=ipc, param=param, loss=loss,
                        run_dir=f"runs/distill_{subset}_{res}_ipc{ipc}_{a['method']}")
     buffer_dir = f"runs/experts_{subset}_{res}"

@@ -181,7 +181,8 @@ def test_imagenette_from_tfds_imagenette(tmp_path):
 
 
 def test_missing_source_says_how_to_prepare(tmp_path):
-    with pytest.raises(MissingInputError, match="imagenet2012.*tfds build imagenet2012 --manual_dir"):
+    with pytest.raises(MissingInputError,
+                       match="imagenet2012.*tfds build imagenet2012 --manual_dir"):
         data.check_available("imagewoof", tmp_path)
     with pytest.raises(MissingInputError, match=r"imagenette/full-size-v2.*imagenette/160px"):
         data.load("imagenette_tfds", data_dir=tmp_path)

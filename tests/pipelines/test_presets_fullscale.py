@@ -251,7 +251,8 @@ def test_bad_settings_are_refused(data_root, tmp_path):
     with pytest.raises(MissingClassesError, match="10 of its 10 classes: n01806143 \\(peacock\\)"):
         resolved("distill_imagenet_subset", "imagesquawk,128,1,fred_dm", tmp_path)
     for name, arg, why in (
-            ("distill_imagenet_subset", "imagenette,128,50,fred_tm", "IPC = 50 is not one of 1, 10"),
+            ("distill_imagenet_subset", "imagenette,128,50,fred_tm",
+             "IPC = 50 is not one of 1, 10"),
             ("distill_imagenet_subset", "imagenette,96,1,ddif_tm", "RES = 96"),
             ("distill_imagenet_subset", "imagenet,128,1,ddif_tm", "SUBSET = 'imagenet'"),
             ("distill_tiny", "10,ddif_tm", "METHOD = 'ddif_tm'"),
