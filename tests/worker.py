@@ -11,6 +11,8 @@ Each job writes `OUT_DIR/process<i>.npz`:
 * `real-batches`: the real batches of DM steps 0..2 on a mesh of all devices, read by
   `real_batches` from a split that counts the rows it gives out; keys `step<s>` (the global
   batch, gathered) and `read<s>` (the rows this process read, sorted).
+* `sample-fid`: `jaxdiff sample` of an EDM network with streaming Inception FID
+  (`sample_fid`); keys `fid`, `fid_num_samples`, `nfe`.
 """
 
 import argparse
@@ -69,9 +71,40 @@ def dm_real_batches() -> dict:
     return out
 
 
+def sample_fid() -> dict:
+    """`jaxdiff sample` of the shared EDM fixture network (16 px, 10 classes) with Inception FID
+    against a stand-in reference, the Inception built from the seeded stand-in weights of
+    tests/fixtures/fid (the real file is not in the repository). Paths from the environment:
+    `EDM_PICKLE`, `FID_REF`, `RUN_DIR`. Keys: `fid`, `fid_num_samples`, `nfe`."""
+    import importlib.util
+    import json
+    import os
+    from pathlib import Path
+
+    from jaxdiff.config_utils import load_config, set_values
+    from jaxdiff.fid import inception
+    from jaxdiff.pipelines import sample
+    from jaxdiff.specs.sample import resolve
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "fid"
+    spec = importlib.util.spec_from_file_location("seeded", fixtures / "seeded_weights.py")
+    seeded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeded)
+    table = json.loads((fixtures / "pt_inception_state_dict.json").read_text())["entries"]
+    net = inception.from_state_dict(seeded.seeded_state_dict({n: s for n, s, _ in table}))
+    sample.FI.load = lambda path=None: net
+    c = set_values(load_config("sample_cifar10_edm"), model_dir=os.environ["EDM_PICKLE"],
+                   num_samples=12, batch_size=8, save_samples=True, progress=False,
+                   run_dir=os.environ["RUN_DIR"], **{
+                       "solver.steps": 2, "fid.ref": os.environ["FID_REF"],
+                       "fid.weights": os.environ["FID_REF"], "expect.image_size": 16})
+    out = sample.run(resolve(c))
+    return {k: np.float64(out[k]) for k in ("fid", "fid_num_samples", "nfe")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("job", choices=("quality-net", "real-batches"))
+    ap.add_argument("job", choices=("quality-net", "real-batches", "sample-fid"))
     ap.add_argument("out")
     ap.add_argument("--coordinator")
     ap.add_argument("--num-processes", type=int)
@@ -81,7 +114,8 @@ def main() -> None:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
     import jax
-    out = {"quality-net": quality_net, "real-batches": dm_real_batches}[args.job]()
+    out = {"quality-net": quality_net, "real-batches": dm_real_batches,
+           "sample-fid": sample_fid}[args.job]()
     np.savez(f"{args.out}/process{jax.process_index()}.npz", **out)
 
 
