@@ -36,7 +36,8 @@ def base_config():
     # [-limit, limit] in normalised units (real data lie within about +-3); 0: never.
     c.divergence_limit = 100.0
     # DM/DC: embed (take the gradients of) the real batches this many classes at a time, so
-    # the peak memory follows the chunk, not the class count (0: all classes in one call).
+    # the peak memory follows the chunk, not the class count (0 = auto: the fit check picks
+    # the largest divisor of the class count whose step fits; all classes when that fits).
     c.class_chunk = 0
     c.seed = 0
     c.num_devices = 0                # data-parallel over this many devices (0 = all)
