@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,18 +37,15 @@ def main(argv=None) -> dict:
     os.environ.setdefault("JAXDIFF_DATA_DIR", str(data_dir))
     os.environ.setdefault("JAXDIFF_CACHE_DIR", str(work / "cache"))
 
-    from jaxdiff.config_utils import REPO_CONFIGS, apply_override
+    from jaxdiff.config_utils import apply_override, load_config
     from jaxdiff.data import SUBSETS, synthetic
     if not (data_dir / "imagenet2012").is_dir():
         synthetic.write_imagenet2012(data_dir, {w: (a.per_class, 2)
                                                 for w in SUBSETS["imagenette"].wnids},
                                      size_range=(150, 260))
-    sys.path.insert(0, str(REPO_CONFIGS))
-    from distill_imagenet_subset import get_config
-
     from jaxdiff.pipelines import distill
     from jaxdiff.specs.distill import resolve
-    c = get_config(a.arg)
+    c = load_config(f"distill_imagenet_subset:{a.arg}")
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     for k, v in [s.split("=", 1) for s in a.set] + [

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from jaxdiff import cli
-from jaxdiff.config_utils import REPO_CONFIGS, build_config
+from jaxdiff.config_utils import load_config, set_values
 from jaxdiff.data import synthetic
 from jaxdiff.data.imagenet import SUBSETS
 from jaxdiff.distill.synset import load_synset
@@ -56,22 +55,9 @@ def data_root(tmp_path_factory):
         yield root
 
 
-def preset_ref(tmp: Path, name: str, arg: str | None) -> str:
-    """What to pass to --config for preset `name` with argument `arg`: `name:arg` where the
-    config loader takes preset arguments, else a one-line wrapper file that calls
-    `get_config(arg)`."""
-    if arg is None:
-        return name
-    try:
-        build_config(f"{name}:{arg}", [])
-        return f"{name}:{arg}"
-    except (FileNotFoundError, TypeError):
-        pass
-    path = tmp / f"{name}_{arg.replace(',', '_')}.py"
-    path.write_text(f"import sys\nsys.path.insert(0, {str(REPO_CONFIGS)!r})\n"
-                    f"from {name} import get_config as _preset\n\n\n"
-                    f"def get_config():\n    return _preset({arg!r})\n")
-    return str(path)
+def preset_ref(name: str, arg: str | None) -> str:
+    """What `--config` takes for preset `name` with argument `arg` (`NAME:ARG`)."""
+    return name if arg is None else f"{name}:{arg}"
 
 
 def run_cli(command: str, config: str, overrides: dict) -> None:
@@ -98,7 +84,7 @@ EXPERTS_CPU = {**CPU, "num_experts": 1, "parallel": 1, "epochs": 2, "batch_size"
 def run_experts(tmp: Path, name: str, arg: str | None, shape, classes: int) -> Path:
     """The experts preset, 1 expert x 2 epochs: the store holds the preset's data and model."""
     buf = tmp / f"experts_{name}"
-    run_cli("experts", preset_ref(tmp, name, arg), {**EXPERTS_CPU, "buffer_dir": buf})
+    run_cli("experts", preset_ref(name, arg), {**EXPERTS_CPU, "buffer_dir": buf})
     from jaxdiff.distill.experts import ExpertStore
     store = ExpertStore(buf)
     assert store.meta["image_shape"] == list(shape) and store.meta["num_classes"] == classes
@@ -126,7 +112,7 @@ def test_imagenet_subset_presets_run(data_root, tmp_path):
     # gradients, too much for this test; DDiF TM runs end to end on CIFAR-100 below, and its
     # 128 px settings are checked in test_imagenet_subset_settings
     run = tmp_path / "fred_tm"
-    run_cli("distill", preset_ref(tmp_path, "distill_imagenet_subset", "imagenette,128,1,fred_tm"),
+    run_cli("distill", preset_ref("distill_imagenet_subset", "imagenette,128,1,fred_tm"),
             {**DISTILL_CPU, **TM_CPU, "loss.tm.buffer_dir": buf, "run_dir": run,
              "eval.num_runs": 1, "eval.epochs": 1})
     out = check_distill(run, 8, 10, (128, 128, 3), depth=5)
@@ -138,7 +124,7 @@ def test_imagenet_subset_presets_run(data_root, tmp_path):
 def test_tiny_presets_run(data_root, tmp_path):
     buf = run_experts(tmp_path, "experts_tiny", None, (64, 64, 3), 200)
     run = tmp_path / "fred_tm"
-    run_cli("distill", preset_ref(tmp_path, "distill_tiny", "1,fred_tm"),
+    run_cli("distill", preset_ref("distill_tiny", "1,fred_tm"),
             {**DISTILL_CPU, **TM_CPU, "loss.tm.batch_syn": 200, "loss.tm.buffer_dir": buf,
              "run_dir": run})
     check_distill(run, 16, 200, (64, 64, 3), depth=4)
@@ -149,7 +135,7 @@ def test_tiny_presets_run(data_root, tmp_path):
 def test_cifar100_presets_run(data_root, tmp_path):
     buf = run_experts(tmp_path, "experts_cifar100", None, (32, 32, 3), 100)
     run = tmp_path / "ddif_tm"
-    run_cli("distill", preset_ref(tmp_path, "distill_cifar100", "1,ddif_tm"),
+    run_cli("distill", preset_ref("distill_cifar100", "1,ddif_tm"),
             {**DISTILL_CPU, **TM_CPU, "loss.batch_real": 8, "loss.tm.buffer_dir": buf,
              "run_dir": run})
     check_distill(run, 17, 100, (32, 32, 3), depth=3)
@@ -157,15 +143,8 @@ def test_cifar100_presets_run(data_root, tmp_path):
 
 # ----------------------------------------------------------------------------- settings
 def preset(name: str, arg: str | None, **over):
-    """`get_config(arg)` of a preset with `{dotted key: value}` set (typed values)."""
-    import importlib
-    sys.path.insert(0, str(REPO_CONFIGS))
-    try:
-        module = importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO_CONFIGS))
-    from jaxdiff.config_utils import set_values
-    return set_values(module.get_config(arg), **over)
+    """The config `--config NAME:ARG` loads, with `{dotted key: value}` set (typed values)."""
+    return set_values(load_config(preset_ref(name, arg)), **over)
 
 
 def resolved(name, arg, tmp, **over):
@@ -261,5 +240,5 @@ def test_bad_settings_are_refused(data_root, tmp_path):
         with pytest.raises(ValueError, match=why):
             preset(name, arg)
     with pytest.raises(SystemExit) as e:                          # the CLI: exit 2, no traceback
-        cli.main(["distill", "--config", preset_ref(tmp_path, "distill_tiny", "7,fred_tm")])
+        cli.main(["distill", "--config", preset_ref("distill_tiny", "7,fred_tm")])
     assert e.value.code == 2
