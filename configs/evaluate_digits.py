@@ -16,8 +16,9 @@ def get_config():
     c.seed = 0
     c.model = dict(name="convnet", depth=0, width=128, norm="instancenorm")  # depth 0 = by image size
     c.train = dict(epochs=300, lr=0.01, batch_size=256, num_runs=5, dsa_strategy="auto",
-                   eval_epochs=(), use_saved_lr=True)
-    c.progress = True
+                   eval_epochs=(), use_saved_lr=True,
+                   run_mode="auto")  # auto: runs one after another on CPU, vmapped elsewhere
+    c.progress = True             # a bar when stderr is a terminal
     c.resume = False
     c.run_dir = "runs/evaluate_digits"
     return c

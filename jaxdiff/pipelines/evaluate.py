@@ -2,20 +2,21 @@
 
 The path (config -> `jaxdiff.specs.evaluate.resolve` -> here): the training set (`full` real
 split, `random` real images per class, or a `synthetic` set saved by `jaxdiff distill`) ->
-`distill.evaluate.train_and_test` (runs vmapped in one program) -> `results.json` and a grid of
-the training images.
+`distill.evaluate.train_and_test` (all runs in one program, vmapped or one after another:
+`train.run_mode`) -> `results.json` and a grid of the training images.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import numpy as np
 
 from jaxdiff import data as jdata
 from jaxdiff.distill import augment as dsa
-from jaxdiff.distill.evaluate import train_and_test
+from jaxdiff.distill.evaluate import choose_run_mode, train_and_test
 from jaxdiff.distill.synset import LabelledSet, load_synset, save_synset
 from jaxdiff.files import atomic_write_json
 from jaxdiff.images import save_grid
@@ -37,6 +38,13 @@ def training_set(spec: EvaluateSpec, train: jdata.Dataset) -> LabelledSet:
     return load_synset(spec.synthetic_path)   # its dataset, shape and labels: checked by resolve
 
 
+def show_progress(wanted: bool, stream=None) -> bool:
+    """The progress bar only where someone watches it: asked for and stderr a terminal. (It is
+    a host callback inside the compiled loop; in a log file it would be noise.)"""
+    stream = sys.stderr if stream is None else stream
+    return bool(wanted) and hasattr(stream, "isatty") and stream.isatty()
+
+
 def run(spec: EvaluateSpec) -> dict:
     """Run the evaluation described by `spec`; returns (and saves) the results dict."""
     timer = common.Timer()
@@ -55,14 +63,15 @@ def run(spec: EvaluateSpec) -> dict:
               "train.use_saved_lr)", flush=True)
     print(f"[jaxdiff evaluate] {info.name}: training on {len(labelled.labels)} images "
           f"({labelled.method}), testing on {len(test.labels)}; {t.num_runs} runs x "
-          f"{t.epochs + 1} epochs on {common.describe_devices()}", flush=True)
+          f"{t.epochs + 1} epochs on {common.describe_devices()} "
+          f"(runs {choose_run_mode(t.run_mode, jax.devices())})", flush=True)
     result = train_and_test(
         jax.random.key(spec.run.seed), labelled.images, labelled.labels,
         jdata.normalize(test.images, info), test.labels,
         make_model=spec.model.factory(info.image_shape, info.num_classes), num_runs=t.num_runs,
         epochs=t.epochs, lr=lr, batch_size=t.batch_size,
         augment=dsa.per_sample_augment(t.dsa_strategy), eval_epochs=t.eval_epochs,
-        progress=spec.run.progress)
+        progress=show_progress(spec.run.progress), run_mode=t.run_mode)
     out = {
         "dataset": info.name, "source": spec.source, "method": labelled.method,
         "train_images": int(len(labelled.labels)),

@@ -32,6 +32,7 @@ from jaxdiff.distill.trajectory import MODES
 from jaxdiff.specs.base import Resolution, Resolver, SpecError
 from jaxdiff.specs.common import (ClassifierSpec, DataSpec, RunSpec, classifier_spec, data_spec,
                                   dsa_strategy, run_spec)
+from jaxdiff.specs.evaluate import run_mode
 
 LOSSES = ("dm", "dc", "tm", "lcmat")
 DC_METRICS = ("ours", "mse", "cos")
@@ -108,6 +109,7 @@ class EvalSpec:
     batch_size: int
     dsa_strategy: str
     compare_random: bool
+    run_mode: str = "auto"  # distill.evaluate.RUN_MODES (optional key eval.run_mode)
 
 
 DIVERGENCE_LIMIT = 100.0  # |synthetic value| in normalised units beyond which a run stops
@@ -154,7 +156,8 @@ def resolve(config) -> DistillSpec:
     model = classifier_spec(r, "model", data.info.image_shape)
     ev = EvalSpec(r.integer("eval.epochs", minimum=0), r.integer("eval.num_runs", minimum=0),
                   r.number("eval.lr", 0.0, strict=True), r.integer("eval.batch_size", minimum=1),
-                  dsa_strategy(r, "eval.dsa_strategy", data.name), r.flag("eval.compare_random"))
+                  dsa_strategy(r, "eval.dsa_strategy", data.name), r.flag("eval.compare_random"),
+                  run_mode(r, "eval.run_mode"))
     return DistillSpec(data, ipc, param, loss, opt, model, ev,
                        iterations=r.integer("iterations", minimum=0),
                        eval_every=r.integer("eval_every", minimum=0),

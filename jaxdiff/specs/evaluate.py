@@ -7,7 +7,8 @@ dataset). Checked before any work: `ipc` against the smallest class of the train
 registry's counts) and that `synthetic_path` holds a saved set; the set's dataset and image shape
 are checked against `data` when the pipeline loads it. The saved set's learning rate (TM's
 learned step size) replaces `train.lr` when `train.use_saved_lr` — the pipeline says so when it
-happens.
+happens. `train.run_mode` (optional, "auto") says how the runs share a device: vmapped or one
+after another (`distill.evaluate`; "auto": sequential on CPU, vmapped on accelerators).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import numpy as np
 
 from jaxdiff import data as jdata
+from jaxdiff.distill.evaluate import RUN_MODES
 from jaxdiff.distill.synset import FILENAME as SYNSET_FILE
 from jaxdiff.distill.synset import load_synset
 from jaxdiff.specs.base import Resolution, Resolver, SpecError
@@ -38,6 +40,7 @@ class ProtocolSpec:
     dsa_strategy: str               # resolved; '' = no augmentation
     eval_epochs: tuple[int, ...]    # extra test passes after these completed epochs
     use_saved_lr: bool
+    run_mode: str = "auto"          # distill.evaluate.RUN_MODES: how each device trains its runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +79,16 @@ def resolve(config) -> EvaluateSpec:
                          r.integer("train.batch_size", minimum=1),
                          r.integer("train.num_runs", minimum=1),
                          dsa_strategy(r, "train.dsa_strategy", data.name), eval_epochs,
-                         r.flag("train.use_saved_lr"))
+                         r.flag("train.use_saved_lr"), run_mode(r, "train.run_mode"))
     return EvaluateSpec(data, source, ipc, synthetic_path,
                         classifier_spec(r, "model", data.info.image_shape), train,
                         run_spec(r, loop=False), r.resolution(resumable=False))
+
+
+def run_mode(r: Resolver, key: str) -> str:
+    """`key` (optional, default "auto"): how each device trains its evaluation runs, "vmap",
+    "sequential" or "auto" (sequential on CPU, vmapped on accelerators; `distill.evaluate`)."""
+    return r.choice(key, RUN_MODES) if r.has(key) else "auto"
 
 
 def _check_synset(path: str, data: DataSpec) -> None:
