@@ -23,6 +23,10 @@ from jaxdiff.specs.sample import resolve as resolve_sample
 from tests.helpers import tiny_sample_config
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "dg"
+_ROOT = Path(__file__).resolve().parents[2]
+EDM_PICKLE = next((d / "edm_ddpmpp_cond.pkl" for d in (_ROOT.parent / "shared" / "fixtures" / "edm",
+                                                       _ROOT / "shared" / "fixtures" / "edm")
+                   if d.is_dir()), None)
 TINY = json.loads((FIX / "dg_tiny_configs.json").read_text())
 GMM = dict(image_shape=(16, 16, 3), num_components=4, std=0.3, mean_scale=0.5, seed=0)
 
@@ -64,19 +68,24 @@ def test_dg_guidance_is_its_closed_form_on_one_step(imported, tmp_path):
     assert np.abs(want).max() > 1e-2   # the guidance moves the samples
 
 
+@pytest.mark.skipif(EDM_PICKLE is None, reason="needs shared/fixtures/edm")
 def test_diffrs_takes_the_imported_dg_discriminator(imported, tmp_path):
-    """DiffRS's warm-up log-ratios are DG's logits on the base sampler's trajectories (one
-    device: DiffRS's mesh invariance is tests/pipelines/test_train_discriminator.py's)."""
+    """The fixture networks end to end: DiffRS on the EDM fixture network (DDPM++, 16 px, 10
+    classes) with the imported DG fixture discriminator; its warm-up log-ratios are DG's logits
+    on the base sampler's trajectories (one device: DiffRS's mesh invariance is
+    tests/pipelines/test_train_discriminator.py's)."""
     cfg = _config(tmp_path / "r", dict(name="diffrs", disc_dir=imported, gamma=0.75, warmup=8,
                                        warmup_batch=8, max_iter=0, clamp_zero=True,
-                                       warmup_seed=3), **{"solver.steps": 2, "num_devices": 1})
+                                       warmup_seed=3),
+                  **{"solver.steps": 2, "num_devices": 1, "source": "edm",
+                     "model_dir": str(EDM_PICKLE)})
     spec = resolve_sample(cfg)
     out = SP.generate(spec)
     assert out["aux"]["complete"] == 1.0 and out["aux"]["nfe"] >= 3
     (logits,) = out["sampler"].warmup_cache.values()
     src = SP.load_source(spec)
     sig = jnp.asarray(out["sigmas"])
-    cond = jnp.arange(8) % 4
+    cond = jnp.arange(8) % 10
     x_T = S.prior_sample(jax.random.key(3), (8, 16, 16, 3), sig[0])
     _, aux = S.sample(S.heun(), src.make_denoise(src.state), x_T, sig, None, cond,
                       return_trajectory=True)
