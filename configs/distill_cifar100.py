@@ -17,9 +17,14 @@ Normalisation (dd-common.md §1.1): every TM run and DDiF's DM/DC use the CIFAR-
 (MTT, DDiF and FreD's TM utils), FreD's and pixel DM use the CIFAR-100 ones (`data.stats`).
 Iterations: TM 15,000 (pixel: MTT's 5,000), DM 20,000, DC 1,000. No ZCA (FreD refuses it, DDiF's
 scripts leave it off).
-Expected time and memory per iteration and device (an estimate of the fit check):
+Expected time and memory per iteration on one device (all instances per student step; a run
+that does not fit stops before any work naming the knobs: loss.tm.batch_syn, tesla, devices):
 """
-# plan estimate: see docs/results.md (jaxdiff plan)
+# plan estimate (`jaxdiff plan ... --config.plan.accelerator=h200 --config.plan.precision=tf32`,
+# 2026-12-04; memory: XLA:CPU's buffer assignment of the compiled step, per device; time: the
+# step's FLOPs at 30 % of an H200's tf32 peak — estimates, not measurements; docs/results.md §7):
+#   ddif_tm IPC 10: 85.1 GiB, 628 TFLOP, 4.2 s;  fred_tm IPC 10: 145 GiB (does not fit one
+#   H200: 131 GiB), 364 TFLOP, 2.5 s;  ddif_dm IPC 10: 22.2 GiB, 5.0 TFLOP, 0.03 s
 
 from _fullscale import as_int, choose, distill_config, method_parts, parse_arg
 

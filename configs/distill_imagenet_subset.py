@@ -26,9 +26,14 @@ Settings (ddif.md §3, §5, §6; fred.md §3, §6):
   expert_epochs 2, max_start_epoch 10, lr_lr 1e-6, lr_teacher 0.01. FreD gives no IPC 50 row.
 * fred_dm / fred_dc: K 2048, lr_freq 1e6 / 1e5, 1,000 iterations (FreD's ImageNet-A..E
   scripts; FreD reports no DM/DC on these six subsets).
-Expected time and memory per iteration and device (an estimate of the fit check):
+Expected time and memory per iteration on one device: the estimates below (`jaxdiff plan`
+prints them for any setting and device count; a run that does not fit stops before any work).
 """
-# plan estimate: see docs/results.md (jaxdiff plan)
+# plan estimate (`jaxdiff plan ... --config.plan.accelerator=h200 --config.plan.precision=tf32`,
+# 2026-12-04; memory: XLA:CPU's buffer assignment of the compiled step, per device; time: the
+# step's FLOPs at 30 % of an H200's tf32 peak — estimates, not measurements; docs/results.md §7):
+#   ddif_tm IPC 1 / 10 / 50: 18.7 / 54.2 / 119.9 GiB, 40.6 / 81.5 / 83.4 TFLOP, 0.27 / 0.55 / 0.56 s
+#   fred_tm IPC 1: 11.6 GiB, 31.8 TFLOP, 0.21 s;  ddif_dm IPC 1: 23.8 GiB, 3.6 TFLOP, 0.02 s
 
 from _fullscale import (as_int, choose, distill_config, method_parts, parse_arg, set_opt,
                         set_tm)

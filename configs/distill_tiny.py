@@ -21,9 +21,15 @@ Settings (fred.md §3, §6; dd-common.md §7, §8.4):
   1e4, lr_lr 1e-4, lr_teacher 0.01 (dd-common.md §8.4, UNVERIFIED there); 5,000 iterations,
   the learned step size not clipped (vanilla MTT).
 * pixel_dm (DM): lr_img 1, 20,000 iterations, batch_real 256.
-Expected time and memory per iteration and device (an estimate of the fit check):
+Memory: fred_tm with all instances in every student step (batch_syn 0, FreD's convention; its
+Tiny value is not in the code) needs ~1.2 TiB per device at IPC 10 — the run stops before any
+work; lower loss.tm.batch_syn (e.g. 800: every instance once per iteration at syn_steps 40),
+use loss.tm.mode=tesla or more devices. Expected time and memory per iteration on one device:
 """
-# plan estimate: see docs/results.md (jaxdiff plan)
+# plan estimate (`jaxdiff plan ... --config.plan.accelerator=h200 --config.plan.precision=tf32`,
+# 2026-12-04; memory: XLA:CPU's buffer assignment of the compiled step, per device; time: the
+# step's FLOPs at 30 % of an H200's tf32 peak — estimates, not measurements; docs/results.md §7):
+#   fred_tm IPC 10 (batch_syn 0): 1,159 GiB (does not fit one device), 6.22 PFLOP, 42 s
 
 from _fullscale import (as_int, choose, distill_config, method_parts, parse_arg, set_opt,
                         set_tm)

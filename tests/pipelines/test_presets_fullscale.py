@@ -192,6 +192,9 @@ def test_imagenet_subset_settings(data_root, tmp_path):
             c.loss.tm.lr_lr) == (40, 40, 20, 1e-5)
     c = preset("distill_imagenet_subset", "imagewoof,128,10,fred_dc")
     assert (c.opt.lr, c.iterations, c.param.fred.k, c.loss.name) == (1e5, 1000, 2048, "dc")
+    e = preset("experts_imagenet_subset", "imagewoof,128")   # 4 experts a program fit 80 GiB
+    assert (e.data.name, e.data.image_size, e.parallel, e.epochs, e.num_experts, e.zca) == (
+        "imagewoof", 128, 4, 50, 100, False)
 
 
 def test_tiny_and_cifar100_settings(data_root, tmp_path):
