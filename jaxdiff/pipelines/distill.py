@@ -451,7 +451,7 @@ def _write_outputs(spec, run_dir, b: Built, state, static, images, labels, metho
                  **{f"static/{k}": v for k, v in to_host(dict(static)).items()})
     _save_grid(run_dir, "final.png", images, spec)
     return {"method": method, "dataset": info.name, "budget": str(b.report),
-            "instances": int(len(labels)),
+            "undecodable_images": int(info.undecodable), "instances": int(len(labels)),
             "storage_floats": int(b.param.storage_floats(state.params, static)),
             "iterations": spec.iterations,
             "final_loss": history[-1]["loss"] if history else None,

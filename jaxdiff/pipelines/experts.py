@@ -272,6 +272,7 @@ def _results(info, store: ExpertStore, per_expert: dict, timer) -> dict:
     accs = [v["test_accuracy"] for v in per_expert.values()]
     return {
         "dataset": info.name,
+        "undecodable_images": int(info.undecodable),   # photos skipped by the loader
         "buffer_dir": store.root,
         "num_experts_complete": len(store),
         "epochs": store.epochs,

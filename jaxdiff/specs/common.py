@@ -27,28 +27,36 @@ class DataSpec:
       data_dir: TFDS root, or None for the default search.
       image_size: side length images are resized to, or None for the native size.
       info: the training split's `DatasetInfo` (shape after resizing, classes, statistics).
+      stats: other normalisation statistics (`jaxdiff.data.with_stats` names, e.g. "cifar10"
+        for CIFAR-100 as MTT/DDiF normalise it), or None for the dataset's own.
     """
 
     name: str
     data_dir: str | None
     image_size: int | None
     info: jdata.DatasetInfo
+    stats: str | None = None
 
     def load(self, split: str, *, mmap: bool = False) -> jdata.Dataset:
         """The whole split as host uint8 arrays (decoded once, then cached on disk); `mmap`:
         memory maps of the cache, read as they are indexed."""
         return jdata.load(self.name, split, data_dir=self.data_dir, image_size=self.image_size,
-                          mmap=mmap)
+                          mmap=mmap, stats=self.stats)
 
 
 def data_spec(r: Resolver, prefix: str = "data") -> DataSpec:
-    """The `data` section: `name`, `data_dir` ('' = default search), `image_size` (0 = native)."""
+    """The `data` section: `name`, `data_dir` ('' = default search), `image_size` (0 = native),
+    `stats` ('' = the dataset's own normalisation statistics)."""
     name = r.choice(f"{prefix}.name", jdata.DATASET_NAMES)
     size = r.integer(f"{prefix}.image_size", minimum=0) if r.has(f"{prefix}.image_size") else 0
     data_dir = r.get(f"{prefix}.data_dir", "") or None
-    info = jdata.get_info(name, "train", image_size=size or None)
+    stats = r.get(f"{prefix}.stats", "") or None
+    try:
+        info = jdata.get_info(name, "train", image_size=size or None, stats=stats)
+    except ValueError as e:
+        raise SpecError(f"config key '{prefix}.stats': {e}") from None
     jdata.check_available(name, data_dir)   # absent: refused here, naming every directory tried
-    return DataSpec(name, data_dir, size or None, info)
+    return DataSpec(name, data_dir, size or None, info, stats)
 
 
 @dataclasses.dataclass(frozen=True)

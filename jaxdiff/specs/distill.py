@@ -245,7 +245,7 @@ def _batch_real(r: Resolver, data: DataSpec) -> int:
     """`loss.batch_real`, cut to the smallest class of the training split (the real-image pool
     holds that many images per class; `jaxdiff.data.train_class_counts`)."""
     asked = r.integer("loss.batch_real", minimum=1)
-    smallest = int(min(jdata.train_class_counts(data.name)))
+    smallest = int(min(jdata.train_class_counts(data.name, data.data_dir)))
     if asked > smallest:
         return r.adjust("loss.batch_real", asked, smallest,
                         f"the smallest class of {data.name} train has {smallest} images")
@@ -285,7 +285,7 @@ def _check_real_init(ipc: int, param: ParamSpec, data: DataSpec) -> None:
     if param.name == "pixel" and param.options.get("init", "real") != "real":
         return
     need = param.budget.instances_per_class
-    smallest = int(min(jdata.train_class_counts(data.name)))
+    smallest = int(min(jdata.train_class_counts(data.name, data.data_dir)))
     if need > smallest:
         fix = (" or --config.param.pixel.init=noise" if param.name == "pixel" else "")
         raise SpecError(f"config key 'ipc' = {ipc}: param.name={param.name} initialises its "

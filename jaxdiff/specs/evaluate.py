@@ -62,7 +62,7 @@ def resolve(config) -> EvaluateSpec:
     source = r.choice("source", SOURCES)
     ipc = r.integer("ipc", minimum=1 if source == "random" else 0)
     if source == "random":
-        smallest = min(jdata.train_class_counts(data.name))
+        smallest = min(jdata.train_class_counts(data.name, data.data_dir))
         if ipc > smallest:
             raise SpecError(f"config key 'ipc' = {ipc} exceeds the smallest class of {data.name}'s "
                             f"training split ({smallest} images)")

@@ -89,12 +89,7 @@ class SelectSpec:
 def resolve(config) -> SelectSpec:
     """Resolve a `jaxdiff select` config; SpecError on bad values."""
     r = Resolver("select", config)
-    data = data_spec(r)
-    if r.get("data.stats", ""):
-        try:
-            data = dataclasses.replace(data, info=jdata.with_stats(data.info, r.get("data.stats")))
-        except ValueError as e:
-            raise SpecError(f"config key 'data.stats': {e}") from None
+    data = data_spec(r)   # data.stats (LCMat's CIFAR statistics) is read there
     methods = _methods(r)
     options = _options(r)
     fractions = tuple(float(f) for f in as_tuple(r.get("select.fractions"), "select.fractions"))
