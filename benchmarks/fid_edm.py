@@ -112,7 +112,7 @@ def fid(args, passthrough: list[str]) -> None:
     with open(os.path.join(run_dir, "results.json")) as f:
         res = json.load(f)
     keep = ("fid", "fid_reference", "num_samples", "nfe", "nfe_executed", "sampling_seconds",
-            "images_per_s", "guidance", "mesh_size", "devices", "source")
+            "first_batch_seconds", "images_per_s", "guidance", "mesh_size", "devices", "source")
     emit({"what": "fid", "config": args.config, "wall_s": round(wall, 1),
           **{k: res[k] for k in keep if k in res}}, env=environment())
 

@@ -156,6 +156,9 @@ CASES = [
     ("sample", ["--config.model_dir={run:distill}"], "holds no finished denoiser"),
     ("sample", ["--config", "sample_cifar10_edm:foo"], "GUIDANCE 'foo' is not one of"),
     ("sample", ["--config", "sample_digits:x"], "config sample_digits takes no argument"),
+    ("sample", ["--config", "sample_cifar10_edm:dg", "--config.source=gmm", "--config.fid.ref="],
+     "'guidance.classifier' = .*32x32_classifier.pt does not exist: download DG's 32 px "
+     "classifier .* the 64 px one is guided-diffusion's https://openaipublic"),
     ("sample", ["--config.fid.ref={missing}"],
      "'fid.ref': FID reference statistics .*missing: no such file. EDM's are at https://nvlabs"),
     ("sample", ["--config.fid.ref={afile}"], "'fid.ref': .*afile: not a readable .npz"),

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxdiff.distill import trajectory
@@ -97,11 +98,20 @@ def make_tm_step(param: Parameterisation, opt: InstanceOptimizer,
 
 
 def open_experts(buffer_dir: str, dataset: str, image_shape, *, max_start_epoch: int,
-                 expert_epochs: int) -> ExpertStore:
-    """The expert store at `buffer_dir`, checked against the dataset being distilled and the
-    segment lengths TM will read (errors name the directory and the limit)."""
+                 expert_epochs: int, stats=None) -> ExpertStore:
+    """The expert store at `buffer_dir`, checked against the dataset being distilled, its
+    normalisation statistics `stats` = (mean, std) (the experts saw images normalised so; TM
+    matches their trajectories on the synthetic set normalised the same way) and the segment
+    lengths TM will read (errors name the directory and the limit)."""
     store = ExpertStore(buffer_dir)
     store.check(dataset=dataset, image_shape=list(image_shape))
+    if stats is not None and "mean" in store.meta:
+        have = (store.meta["mean"], store.meta["std"])
+        if not all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(have, stats)):
+            raise UserError(f"the experts in {buffer_dir} were trained on images normalised with "
+                            f"mean {have[0]} / std {have[1]}, this run normalises with mean "
+                            f"{list(stats[0])} / std {list(stats[1])}: set --config.data.stats "
+                            "as the experts preset did, or train experts with these statistics")
     if store.meta.get("zca"):
         raise UserError(f"the experts in {buffer_dir} were trained on ZCA-whitened images; "
                         "distilling in ZCA space is not wired into `jaxdiff distill` yet")

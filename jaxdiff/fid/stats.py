@@ -138,18 +138,18 @@ class InceptionStatistics:
         a host array, or a jax.Array (e.g. samples made on device, see `inception.to_pixels`;
         it stays on device and is only resharded onto the mesh if placed otherwise). `mask`
         [B]: 1 for rows to count (default all)."""
-        from jaxdiff.sharding import batch_sharding, put, shard_batch
+        from jaxdiff.sharding import shard_batch
 
         if x.shape[0] != self.batch_size:
             raise ValueError(f"add_batch takes batches of {self.batch_size} rows, got "
                              f"{x.shape[0]}; use add() for other counts")
         if mask is None:
             mask = np.ones((self.batch_size,), np.float32)
-        if isinstance(x, jax.Array):
-            x = jax.device_put(x, batch_sharding(self.mesh))
-            mask = put(np.asarray(mask, np.float32), batch_sharding(self.mesh))
-        else:
-            x, mask = shard_batch((np.asarray(x), np.asarray(mask, np.float32)), self.mesh)
+        if not isinstance(mask, jax.Array):
+            mask = np.asarray(mask, np.float32)
+        # `put` (via shard_batch) handles global arrays of several processes and host arrays
+        # alike: a global jax.Array already on the mesh's batch sharding is not moved.
+        x, mask = shard_batch((x, mask), self.mesh)
         self.moments = inception_step(self.params, self.moments,
                                       preprocess(x, mode=self.resize), mask,
                                       graphdef=self.net.graphdef)

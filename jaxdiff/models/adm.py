@@ -2,8 +2,8 @@
 `edm-imagenet-64x64-cond-adm.pkl`, which EDMPrecond wraps as its `model`).
 
 Semantics: shared/specs/edm-checkpoints.md sections 2.3, 2.4 and 4 (written from the spec; the
-layers are `jaxdiff.models.edm`'s: Linear, Conv2d, GroupNorm, UNetBlock, positional_embedding,
-attention). Layout: NHWC inside (upstream is NCHW); c_noise [N]; class labels one-hot
+layers are `jaxdiff.models.edm_layers`': Linear, Conv2d, GroupNorm, UNetBlock,
+positional_embedding, attention). Layout: NHWC inside (upstream is NCHW); c_noise [N]; class labels one-hot
 [N, label_dim] or None (a zero row when the net is conditional, as EDMPrecond does).
 
     net = DhariwalUNet(64, 3, 3, label_dim=1000, model_channels=192, channel_mult=(1, 2, 3, 4))

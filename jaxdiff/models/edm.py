@@ -1,7 +1,8 @@
 """Flax NNX ports of NVlabs/edm's SongUNet (DDPM++ and NCSN++ configurations) and of its VP, VE,
 iDDPM and EDM preconditioners, loading official EDM network pickles (`edm-*.pkl`,
 `baseline-*.pkl`, `network-snapshot-*.pkl`) without PyTorch. DhariwalUNet (ADM) lives in
-`jaxdiff.models.adm` and plugs in through `MODEL_TYPES` (its layers are this module's).
+`jaxdiff.models.adm` and plugs in through `MODEL_TYPES`; both use the layers of
+`jaxdiff.models.edm_layers` (re-exported here).
 
 Semantics follow shared/specs/edm-checkpoints.md, sections 2-4 (written from the spec, not from
 upstream code). Supported: the preconditioners `EDMPrecond`, `VPPrecond`, `VEPrecond`,

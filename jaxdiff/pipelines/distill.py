@@ -155,7 +155,8 @@ def _open_experts(spec: DistillSpec):
     if spec.loss.name != "tm":
         return None
     return tm.open_experts(t.buffer_dir, spec.data.name, spec.data.info.image_shape,
-                           max_start_epoch=t.max_start_epoch, expert_epochs=t.expert_epochs)
+                           stats=spec.data.info.stats, max_start_epoch=t.max_start_epoch,
+                           expert_epochs=t.expert_epochs)
 
 
 def _method_step(spec: DistillSpec, param, opt, make_model, place, experts, k_init):

@@ -65,9 +65,17 @@ def run(spec: EvaluateSpec) -> dict:
           f"({labelled.method}), testing on {len(test.labels)}; {t.num_runs} runs x "
           f"{t.epochs + 1} epochs on {common.describe_devices()} "
           f"(runs {choose_run_mode(t.run_mode, jax.devices())})", flush=True)
+    # The test split is normalised as the training set was: a saved set carries the statistics
+    # it was made with (e.g. CIFAR-100 distilled with CIFAR-10's, as MTT/DDiF do).
+    test_info = info
+    if not all(np.allclose(a, b, rtol=0, atol=1e-6) for a, b in
+               ((labelled.mean, info.mean), (labelled.std, info.std))):
+        test_info = jdata.with_stats(info, (labelled.mean, labelled.std))
+        print(f"[jaxdiff evaluate] the test split is normalised with the set's statistics "
+              f"(mean {test_info.mean}, std {test_info.std})", flush=True)
     result = train_and_test(
         jax.random.key(spec.run.seed), labelled.images, labelled.labels,
-        jdata.normalize(test.images, info), test.labels,
+        jdata.normalize(test.images, test_info), test.labels,
         make_model=spec.model.factory(info.image_shape, info.num_classes), num_runs=t.num_runs,
         epochs=t.epochs, lr=lr, batch_size=t.batch_size,
         augment=dsa.per_sample_augment(t.dsa_strategy), eval_epochs=t.eval_epochs,

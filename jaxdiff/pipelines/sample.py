@@ -10,9 +10,12 @@ size nor on the device count; the last batch is computed at full size and trimme
 figures -> outputs.
 
 Outputs in `run_dir`:
-* `samples.npz`   `samples` (model space `[N, H, W, C]` float32, pixels in [-1, 1]), `images`
-                  (uint8), `labels` (`[N]`, -1 = unconditional), `nfe` (per sample);
-* `samples.png`   a grid of the first samples; `results.json` (NFE, timings, quality figures).
+* `samples.npz`   (with `save_samples`, the default) `samples` (model space `[N, H, W, C]`
+                  float32, pixels in [-1, 1]), `images` (uint8), `labels` (`[N]`, -1 =
+                  unconditional), `nfe` (per sample);
+* `samples.png`   a grid of the first `grid_max` samples; `results.json` (NFE, timings:
+                  `first_batch_seconds` = load + compile + first batch, `images_per_s` after it;
+                  quality figures, FID).
 
 Discriminators (DiffRS `guidance.disc_dir`, DG): a `jaxdiff train-discriminator` run, or DG's
 published discriminator (ADM classifier + head) imported by `models.dg.import_discriminator`;
@@ -101,8 +104,8 @@ def _edm_source(spec: SampleSpec) -> DenoiserSource:
     [-1, 1], EDM's and jaxdiff's model space. EDMPrecond nets: the raw network F under jaxdiff's
     own EDM preconditioner (`diffusion.denoiser.edm_denoiser`, the same c_skip/c_out/c_in/
     c_noise). VPPrecond / VEPrecond / iDDPMPrecond nets: the network's own preconditioner, the
-    full `net(x, sigma, onehot)`. The sigma grid is the solver's configured one either way
-    (upstream `generate.py` instead clamps its sigma_min/max to the net's, meta['precond'])."""
+    full `net(x, sigma, onehot)`. The sigma grid is the solver's, which the spec has clamped to
+    the network's range as upstream `generate.py` does (`specs.sample._within_network_range`)."""
     _, meta = edm.load(spec.model_dir)
     kw, graphdef = meta["constructor"], meta["graphdef"]
     label_dim = int(kw.get("label_dim", 0))
@@ -209,8 +212,9 @@ def generate(spec: SampleSpec, source: DenoiserSource | None = None) -> dict:
     """Draw `spec.num_samples` samples; returns host arrays and figures (no files written).
 
     Returns:
-      `{"samples": [N, ...] float32, "labels": [N] int32 (-1 = none), "nfe": int, "aux": {...},
-      "sigmas": [n + 1], "source": DenoiserSource, "seconds": float, ...}`.
+      `{"samples": [K, ...] float32, "labels": [K] int32 (-1 = none), "nfe": int, "aux": {...},
+      "sigmas": [n + 1], "source": DenoiserSource, "seconds": float, "fid": {...}, ...}`; K = N
+      when the samples are saved or scored on the host (`_keeps_all`), else min(N, grid_max).
     """
     timer = common.Timer()
     mesh, ndev = common.data_mesh_checked(spec.run.num_devices, batch_size=spec.batch_size)
@@ -225,7 +229,7 @@ def generate(spec: SampleSpec, source: DenoiserSource | None = None) -> dict:
     n, b = spec.num_samples, spec.batch_size
     keep = n if _keeps_all(spec, source) else min(n, spec.grid_max)
     fid = _fid_statistics(spec, mesh) if spec.fid.enabled else None
-    kept, auxes = [], []
+    kept, auxes, first = [], [], 0.0
     for off in range(0, n, b):
         x, aux = fn(state, key, jnp.int32(off), sigmas, hparams)
         if fid is not None:     # on device: the batch is folded into running sums, not kept
@@ -233,15 +237,23 @@ def generate(spec: SampleSpec, source: DenoiserSource | None = None) -> dict:
         if off < keep:
             kept.append(x)
         auxes.append(aux)
+        if off == 0:            # one wait, outside the steady state: load + compile + 1 batch
+            jax.block_until_ready(x)
+            first = timer.elapsed()
     kept, auxes = to_host((kept, auxes))    # sharded over all processes' devices: gathered
+    if fid is not None:
+        jax.block_until_ready(fid.moments)
     samples = (np.concatenate(kept)[:keep] if kept else
                np.zeros((0, *source.sample_shape), np.float32))
     aux = {k: float(np.mean([float(a[k]) for a in auxes])) for k in auxes[0]}
     idx = jnp.arange(keep, dtype=jnp.int32)
     labels_host = np.full(keep, -1, np.int32) if labels is None else to_host(labels(idx))
     seconds = timer.elapsed()
+    rest = n - min(n, b)      # samples after the first batch: the steady-state rate
     return {"samples": samples, "labels": labels_host, "nfe": int(round(aux["nfe"])),
             "aux": aux, "sigmas": to_host(sigmas), "source": source, "seconds": seconds,
+            "first_batch_seconds": first,
+            "images_per_s": rest / (seconds - first) if rest and seconds > first else None,
             "mesh_size": ndev, "solver": s.name, "solver_hparams": dict(s.hparams),
             "sampler": fn, "num_samples": n, "fid": _fid_figures(spec, fid)}
 
@@ -314,11 +326,12 @@ def run(spec: SampleSpec) -> dict:
     src, x, labels = result["source"], result["samples"], result["labels"]
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,
                                   resume=spec.run.resume)
-    n, seconds = result["num_samples"], result["seconds"]
+    n, seconds, rate = result["num_samples"], result["seconds"], result["images_per_s"]
     print(f"[jaxdiff sample] {n} samples from {src.description}; solver {result['solver']} "
           f"{spec.solver.steps} steps, NFE {result['nfe']} per sample; {seconds:.1f} s "
-          f"({n / seconds:.3g} images/s) on {common.describe_devices()} "
-          f"(mesh {result['mesh_size']})", flush=True)
+          f"({result['first_batch_seconds']:.1f} s to load, compile and draw the first batch"
+          + (f"; then {rate:.3g} images/s" if rate else "") + f") on "
+          f"{common.describe_devices()} (mesh {result['mesh_size']})", flush=True)
     written = []
     is_image = len(src.sample_shape) == 3
     if spec.save_samples:
@@ -326,7 +339,7 @@ def run(spec: SampleSpec) -> dict:
         atomic_savez(written[-1], samples=x, images=jdata.model_space_to_uint8(x) if is_image
                      else np.zeros((0,), np.uint8), labels=labels,
                      nfe=np.full(len(x), result["nfe"], np.int32))
-    if is_image and len(x):
+    if is_image and min(len(x), spec.grid_max):
         written.append(_save_grid(spec, run_dir, src, x, labels))
     aux = result["aux"]
     out = {"source": src.description, "num_samples": n, "solver": result["solver"],
@@ -334,7 +347,9 @@ def run(spec: SampleSpec) -> dict:
            "sigmas": result["sigmas"].tolist(), "nfe": result["nfe"],
            "nfe_executed": aux.get("nfe_executed", aux["nfe"]), "aux": aux,
            "guidance": spec.guidance.name, "sampling_seconds": seconds,
-           "images_per_s": n / seconds, "mesh_size": result["mesh_size"],
+           "first_batch_seconds": result["first_batch_seconds"],   # load + compile + batch 1
+           "images_per_s": rate,       # after the first batch (None: a single batch)
+           "mesh_size": result["mesh_size"],
            "devices": common.describe_devices(), **result["fid"],
            **quality_figures(spec, result)}
     out["seconds"] = timer.elapsed()

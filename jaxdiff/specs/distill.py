@@ -274,7 +274,7 @@ def _tm(r: Resolver, data: DataSpec) -> TMSpec:
                   r.number("loss.tm.min_syn_lr", 0.0) or None)
     # the store exists, matches the data and holds the segments TM will read (a UserError
     # naming the directory otherwise), before the run directory is touched
-    open_experts(buffer_dir, data.name, data.info.image_shape,
+    open_experts(buffer_dir, data.name, data.info.image_shape, stats=data.info.stats,
                  max_start_epoch=spec.max_start_epoch, expert_epochs=spec.expert_epochs)
     return spec
 

@@ -37,6 +37,8 @@ from jaxdiff.specs.common import RunSpec, run_spec
 
 SOURCES = ("run", "gmm", "edm")
 EDM_PRETRAINED_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/"
+ADM_64_CLASSIFIER_URL = ("https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
+                         "64x64_classifier.pt")
 # Solver hyperparameters read from the `solver` section (passed traced: no recompiles).
 SOLVER_HPARAMS = {"edm": ("s_churn", "s_tmin", "s_tmax", "s_noise"), "ddim": ("eta",)}
 GUIDANCE = ("none", "diffrs", "dg", *REWARD_SAMPLERS)
@@ -403,10 +405,14 @@ def _dg_file(value, key: str) -> str:
                         f"discriminator) or 'guidance.{key}': DG's {what}")
     path = absolute_path(value)
     if not os.path.isfile(path):
-        url = dg_model.CLASSIFIER_URL if key == "classifier" else \
-            "; ".join(f"{k}: {u}" for k, u in dg_model.HEAD_URLS.items())
-        raise SpecError(f"config key 'guidance.{key}' = {path} does not exist: download DG's "
-                        f"{what} from {url}")
+        if key == "classifier":
+            where = (f"DG's 32 px classifier 32x32_classifier.pt from {dg_model.CLASSIFIER_URL}; "
+                     f"the 64 px one is guided-diffusion's {ADM_64_CLASSIFIER_URL}")
+        else:
+            where = ("DG's CIFAR-10 heads from " + "; ".join(
+                f"{k}: {u}" for k, u in dg_model.HEAD_URLS.items()) + " (for other data DG "
+                "publishes none: train one with DG's train.py)")
+        raise SpecError(f"config key 'guidance.{key}' = {path} does not exist: download {where}")
     return path
 
 

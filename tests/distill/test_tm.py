@@ -57,3 +57,16 @@ def test_open_experts_checks_before_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="no expert store"):
         tm.open_experts(str(tmp_path / "x"), "digits", (8, 8, 1), max_start_epoch=1,
                         expert_epochs=1)
+
+
+def test_open_experts_refuses_other_normalisation_statistics(tmp_path):
+    """Experts trained on differently normalised images (e.g. a CIFAR-100 store made with its
+    own statistics, distilled with CIFAR-10's as MTT/DDiF do) are refused, naming data.stats;
+    the same statistics pass."""
+    store = ExpertStore.create(str(tmp_path), num_params=3, epochs=4, meta={
+        "dataset": "digits", "image_shape": [8, 8, 1], "mean": [0.5], "std": [0.25]})
+    store.save_trajectory(0, np.zeros((5, 3), np.float32))
+    kw = dict(max_start_epoch=1, expert_epochs=1)
+    tm.open_experts(str(tmp_path), "digits", (8, 8, 1), stats=([0.5], [0.25]), **kw)
+    with pytest.raises(ValueError, match=r"mean \[0.5\] / std \[0.25\].*data.stats"):
+        tm.open_experts(str(tmp_path), "digits", (8, 8, 1), stats=([0.3], [0.25]), **kw)
