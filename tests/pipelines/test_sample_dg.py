@@ -103,7 +103,7 @@ def test_dg_refusals(imported, tmp_path):
     with pytest.raises(SpecError, match="DG guidance wraps EDM's deterministic Heun"):
         dg_spec(dict(disc_dir=imported), **{"solver.name": "euler"})
     with pytest.raises(SpecError, match=r"'guidance\.classifier' = .*nope\.pt does not exist: "
-                                        r"download DG's ADM classifier.*https://drive"):
+                                        r"download DG's 32 px classifier.*https://drive"):
         dg_spec(dict(classifier=str(tmp_path / "nope.pt"), head=str(FIX / "dg_head_cond.pt")))
     with pytest.raises(SpecError, match="holds neither a finished `jaxdiff train-discriminator`"):
         dg_spec(dict(disc_dir=str(tmp_path)))
