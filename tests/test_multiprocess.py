@@ -225,6 +225,9 @@ EDM_PICKLE = next((d / "edm_ddpmpp_cond.pkl" for d in (_ROOT.parent / "shared" /
 
 
 @pytest.mark.skipif(EDM_PICKLE is None, reason="needs shared/fixtures/edm")
+@pytest.mark.skipif(not os.environ.get("JAXDIFF_EXTRA_TESTS"),
+                    reason="3 processes compiling the Inception (~1-3 min; CI time budget): set "
+                           "JAXDIFF_EXTRA_TESTS=1")
 def test_edm_sampling_with_streaming_fid(tmp_path):
     """`jaxdiff sample` of an EDM network with Inception FID (the benchmark presets' path) on
     2 x 4 equals 1 x 8: the same samples (up to XLA:CPU's per-device-count rounding, as for
