@@ -241,6 +241,23 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def main_first(fn, name: str):
+    """`fn()` on process 0, then (after a barrier called `name`) on the others: work with a
+    shared on-disk result, such as building a data cache entry, is done once and read by the
+    rest instead of every process racing to build it. Every process must call this at the same
+    point. A failure on process 0 still releases the others (they then run `fn` themselves, and
+    fail or succeed on their own)."""
+    if jax.process_count() == 1:
+        return fn()
+    if jax.process_index() == 0:
+        try:
+            return fn()
+        finally:
+            barrier(name)
+    barrier(name)
+    return fn()
+
+
 def to_host(tree: Any) -> Any:
     """Every array leaf of `tree` as a numpy array holding its full global value.
 

@@ -283,7 +283,8 @@ def test_quality_net_trained_over_all_devices(tmp_path):
 def test_real_batches_each_process_reads_its_share(tmp_path):
     """DM's real batches on 2 x 4: each process reads exactly the rows of its devices' half of
     every class's batch (no row twice, none of the other half), and the global batches equal
-    the 1 x 8 ones bitwise."""
+    the 1 x 8 ones bitwise. The split's cache entry is built once, by process 0, and read by
+    process 1 (`distributed.main_first`)."""
     got = {}
     for name, processes, devices in (("1x8", 1, 8), ("2x4", 2, 4)):
         d = tmp_path / name
@@ -291,6 +292,7 @@ def test_real_batches_each_process_reads_its_share(tmp_path):
         run_cli(["real-batches", d], processes=processes, devices=devices, module="tests.worker")
         got[name] = [_npz(d / f"process{i}.npz") for i in range(processes)]
     (one,), (p0, p1) = got["1x8"], got["2x4"]
+    assert [bool(p["entry_found"]) for p in (one, p0, p1)] == [False, False, True]
     for s in range(3):
         for p in (p0, p1):
             np.testing.assert_array_equal(p[f"step{s}"], one[f"step{s}"])

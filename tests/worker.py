@@ -10,7 +10,10 @@ Each job writes `OUT_DIR/process<i>.npz`:
   `loaded/<path>` and their `test_accuracy`.
 * `real-batches`: the real batches of DM steps 0..2 on a mesh of all devices, read by
   `real_batches` from a split that counts the rows it gives out; keys `step<s>` (the global
-  batch, gathered) and `read<s>` (the rows this process read, sorted).
+  batch, gathered) and `read<s>` (the rows this process read, sorted). The split is loaded
+  memory-mapped from an empty cache `OUT_DIR/cache` shared by the processes, through
+  `distributed.main_first`; key `entry_found`: the cache entry existed when this process
+  loaded (process 0 builds it, the others read it).
 * `sample-fid`: `jaxdiff sample` of an EDM network with streaming Inception FID
   (`sample_fid`); keys `fid`, `fid_num_samples`, `nfe`.
 """
@@ -47,22 +50,32 @@ class _CountingSplit:
         return self.images[rows]
 
 
-def dm_real_batches() -> dict:
+def dm_real_batches(out_dir: str) -> dict:
+    import os
+    from pathlib import Path
+
     import jax
     from jaxdiff import data as jdata
-    from jaxdiff import sharding
+    from jaxdiff import distributed, sharding
     from jaxdiff.distill.placement import Placement
     from jaxdiff.distill.real_pool import make_real_pool, real_batches
     from jaxdiff.distributed import to_host
 
-    train = jdata.load("digits", "train", cache=False)
+    cache = Path(out_dir) / "cache"
+    os.environ["JAXDIFF_CACHE_DIR"] = str(cache)
+
+    def load():
+        found = any(not p.name.endswith(".tmp") for p in (cache / "digits").glob("train-*"))
+        return found, jdata.load("digits", "train", mmap=True)
+
+    found, train = distributed.main_first(load, "worker digits train")
     split = _CountingSplit(train.images)
     pool = make_real_pool(split, train.labels, 10, train.info.mean, train.info.std)
     place = Placement(sharding.data_mesh())
     real_keys = lambda k: jax.random.split(k, 3)[1][None]  # noqa: E731  (DM's)
     feed = real_batches(pool, 16, jax.random.key(3), real_keys,
                        place.real_batches((1, 10, 16, *train.info.image_shape)))
-    out = {}
+    out = {"entry_found": np.bool_(found)}
     for step in range(3):
         split.read.clear()
         (batch,) = feed(step)
@@ -114,7 +127,7 @@ def main() -> None:
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
 
     import jax
-    out = {"quality-net": quality_net, "real-batches": dm_real_batches,
+    out = {"quality-net": quality_net, "real-batches": lambda: dm_real_batches(args.out),
            "sample-fid": sample_fid}[args.job]()
     np.savez(f"{args.out}/process{jax.process_index()}.npz", **out)
 

@@ -62,26 +62,57 @@ def read(path: Path, names: tuple[str, ...], *, mmap: bool = False
         return None
 
 
+class building:
+    """`with building(path) as tmp:` fill the fresh directory `tmp` (None when it cannot be
+    created: full or read-only disk, a warning says so), and on a clean exit every file in it
+    is fsynced and the directory published at `path` by one rename. So large entries can be
+    written piece by piece (e.g. into `np.lib.format.open_memmap` files) without holding them
+    in memory, with the same atomicity as `write`: an exception or interrupt removes `tmp`,
+    and losing a race to another process keeps the winner's entry."""
+
+    def __init__(self, path: Path):
+        self.path, self.tmp = Path(path), None
+
+    def __enter__(self) -> Path | None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(dir=self.path.parent, prefix=self.path.name + ".",
+                                             suffix=".tmp"))
+        except OSError as e:
+            warnings.warn(f"not caching to {self.path}: {e}", stacklevel=2)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tmp is None:
+            return
+        if exc_type is not None:  # interrupted: drop the partial copy, never touch an entry
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            for f in self.tmp.iterdir():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            os.chmod(self.tmp, 0o755)  # mkdtemp makes it 0700; a shared cache stays readable
+            os.rename(self.tmp, self.path)
+        except OSError as e:  # disk full, or another process published the same entry first
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if not self.path.is_dir():
+                warnings.warn(f"not caching to {self.path}: {e}", stacklevel=2)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+
 def write(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Publish `arrays` at `path` atomically; failing to write (full, read-only disk) only warns."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp"))
-    except OSError as e:
-        warnings.warn(f"not caching to {path}: {e}", stacklevel=3)
-        return
-    try:
-        for k, a in arrays.items():
-            with open(tmp / f"{k}.npy", "wb") as f:
-                np.save(f, np.ascontiguousarray(a), allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; a shared cache should stay readable
-        os.rename(tmp, path)
-    except OSError as e:  # disk full, or another process published the same entry first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not path.is_dir():
-            warnings.warn(f"not caching to {path}: {e}", stacklevel=3)
-    except BaseException:  # interrupted: drop the partial copy, never touch a published entry
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with building(path) as tmp:
+            if tmp is None:
+                return
+            for k, a in arrays.items():
+                np.save(tmp / f"{k}.npy", np.ascontiguousarray(a), allow_pickle=False)
+    except OSError as e:  # disk full while writing: `building` removed the partial copy
+        warnings.warn(f"not caching to {path}: {e}", stacklevel=2)

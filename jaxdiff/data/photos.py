@@ -5,7 +5,9 @@ TFDS source, each photo decoded and transformed once, then cached as uint8.
     -> label index of the split (every record's label, read once, cached: `records.label_index`)
     -> the rows of the entry's classes (WordNet ids looked up in the source's label names)
     -> decode + `transforms.resize_crop` to res x res, photo by photo (`records.decode_rows`;
-       undecodable photos skipped, counted, named in a warning)
+       undecodable photos skipped, counted, named in a warning), written straight into the
+       cache entry's memory-mapped `images.npy` a chunk of records at a time (host memory holds
+       one chunk, never the subset: ImageNet-1k-scale classes fit)
     -> cache entry {images [N, res, res, 3] uint8, labels [N] int32, rows [N] (source records),
        undecodable [K] (source records)} — later runs read it back (memory-mapped with
        `mmap=True`) and never decode again.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import warnings
 
 import numpy as np
 
@@ -138,17 +142,59 @@ def load_photos(name: str, e, split: str, data_dir=None, *, res: int,
     got = _cache.read(path, fields, mmap=mmap) if cache else None
     if got is not None and _valid(got, res):
         return {**got, "class_names": source_classes(name, e, rs)}
+    if got is not None:  # an entry of another shape under this key: rebuild it
+        del got
+        shutil.rmtree(path, ignore_errors=True)
     rows, labels, wnids = class_rows(name, e, rs)
     print(f"[jaxdiff data] {name} {split}: decoding {len(rows)} photos of {rs.located.path} to "
           f"{res}x{res}{' (once: then cached)' if cache else ' (cache off)'}", flush=True)
     transform = functools.partial(resize_crop, res=res, fit=p.fit, antialias=p.antialias)
-    out = records.decode_rows(rs, rows, transform)
-    images = out.images if len(out.rows) else np.zeros((0, res, res, 3), np.uint8)
-    arrays = {"images": images, "labels": labels[np.searchsorted(rows, out.rows)],
-              "rows": out.rows, "undecodable": out.failed}
     if cache:
-        _cache.write(path, arrays)
-    return {**arrays, "class_names": tuple(wnids)}
+        try:
+            with _cache.building(path) as tmp:
+                if tmp is not None:
+                    _decode_into(tmp, rs, rows, labels, transform, res)
+        except OSError as err:  # e.g. no room for the entry: decode into memory instead
+            warnings.warn(f"not caching to {path}: {err}", stacklevel=2)
+        got = _cache.read(path, fields, mmap=mmap)
+        if got is not None and _valid(got, res):
+            return {**got, "class_names": tuple(wnids)}
+    out = records.decode_rows(rs, rows, transform)  # no cache (asked, or not writable)
+    images = out.images if len(out.rows) else np.zeros((0, res, res, 3), np.uint8)
+    return {"images": images, "labels": labels[np.searchsorted(rows, out.rows)],
+            "rows": out.rows, "undecodable": out.failed, "class_names": tuple(wnids)}
+
+
+def _decode_into(tmp, rs, rows, labels, transform, res: int) -> None:
+    """Decode `rows` straight into the cache entry being built in `tmp` (`images.npy` a memory
+    map filled a chunk of records at a time: the subset is never in memory at once), plus
+    `labels`, `rows` and `undecodable`."""
+    shape = (len(rows), res, res, 3)
+    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                       shape=shape)
+    # Reserve the disk space now: a full disk is an OSError here, not a SIGBUS mid-write.
+    with open(tmp / "images.npy", "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, images.offset + images.nbytes)
+    out = records.decode_rows(rs, rows, transform, out=images)
+    images.flush()
+    del images
+    if len(out.failed):  # undecodable photos: the file holds len(rows) slots, keep the first ok
+        _shrink(tmp / "images.npy", len(out.rows))
+    np.save(tmp / "labels.npy", labels[np.searchsorted(rows, out.rows)], allow_pickle=False)
+    np.save(tmp / "rows.npy", out.rows, allow_pickle=False)
+    np.save(tmp / "undecodable.npy", out.failed, allow_pickle=False)
+
+
+def _shrink(file, n: int, chunk: int = 1024) -> None:
+    """Rewrite the `.npy` file to its first `n` rows, copying `chunk` rows at a time."""
+    src = np.load(file, mmap_mode="r")
+    part = file.with_suffix(".part")
+    dst = np.lib.format.open_memmap(part, mode="w+", dtype=src.dtype, shape=(n, *src.shape[1:]))
+    for s in range(0, n, chunk):
+        dst[s:s + chunk] = src[s:min(s + chunk, n)]
+    dst.flush()
+    del src, dst
+    os.replace(part, file)
 
 
 def _valid(arrays: dict, res: int) -> bool:

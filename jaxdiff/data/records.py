@@ -12,10 +12,8 @@ back), so
   in worker threads (PIL and NumPy release the GIL). Photos that fail to decode are skipped,
   counted and named, never fatal.
 
-This is also the building block of a streaming per-class sampler: with the label index and the
-rows of each class, a sampler can call `decode_rows(split, sampled_rows, transform)` for just the
-rows of one global batch (or one process's share of it) instead of materialising the subset.
-No TensorFlow is needed.
+`decode_rows` can fill a caller's array (`out=`, e.g. a memory-mapped cache file), so a subset is
+decoded holding one chunk of records at a time. No TensorFlow is needed.
 """
 
 from __future__ import annotations
@@ -150,12 +148,19 @@ def _record_name(ex: dict, row: int) -> str:
 
 
 def decode_rows(rs: RecordSplit, rows: Sequence[int],
-                transform: Callable[[np.ndarray], np.ndarray], *, workers: int | None = None
-                ) -> Decoded:
+                transform: Callable[[np.ndarray], np.ndarray], *, workers: int | None = None,
+                out: np.ndarray | None = None) -> Decoded:
     """Read `rows` of the split, decode each photo (`decode_image`) and apply `transform`
     (`[H, W, 3] uint8 ->` a fixed-shape uint8 array) in `workers` threads (default: the CPU
-    count, at most 32). Undecodable photos are skipped (see `Decoded`)."""
+    count, at most 32). Undecodable photos are skipped (see `Decoded`).
+
+    `out`: optional `[len(rows), *shape]` uint8 array to fill (e.g. a memory-mapped file, so a
+    subset larger than memory is decoded holding one chunk of records at a time); the photos
+    that decoded are packed at its front and `Decoded.images` is a view of it.
+    """
     rows = np.asarray(rows, np.int64)
+    if out is not None and (out.shape[0] != len(rows) or out.dtype != np.uint8):
+        raise ValueError(f"out must be [{len(rows)}, ...] uint8, got {out.shape} {out.dtype}")
     workers = workers or min(32, os.cpu_count() or 1)
 
     def one(item):
@@ -165,7 +170,7 @@ def decode_rows(rs: RecordSplit, rows: Sequence[int],
         except Exception:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ...
             return None
 
-    buf, ok, failed, names = None, [], [], []
+    buf, ok, failed, names = out, [], [], []
     with ThreadPoolExecutor(workers) as pool:
         for s in range(0, len(rows), _CHUNK):
             chunk = rows[s:s + _CHUNK]
@@ -178,6 +183,8 @@ def decode_rows(rs: RecordSplit, rows: Sequence[int],
                     continue
                 if buf is None:   # one array for the whole result: no list of photos + stack
                     buf = np.empty((len(rows), *img.shape), np.uint8)
+                elif buf.shape[1:] != img.shape:
+                    raise ValueError(f"transform gave {img.shape}, out holds {buf.shape[1:]}")
                 buf[len(ok)] = img
                 ok.append(r)
     if failed:

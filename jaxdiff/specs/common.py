@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable
 
 from jaxdiff import data as jdata
+from jaxdiff import distributed
 from jaxdiff.distill import augment as dsa
 from jaxdiff.metrics import LOSS_DIVERGENCE_LIMIT
 from jaxdiff.models import classifiers
@@ -39,9 +40,12 @@ class DataSpec:
 
     def load(self, split: str, *, mmap: bool = False) -> jdata.Dataset:
         """The whole split as host uint8 arrays (decoded once, then cached on disk); `mmap`:
-        memory maps of the cache, read as they are indexed."""
-        return jdata.load(self.name, split, data_dir=self.data_dir, image_size=self.image_size,
-                          mmap=mmap, stats=self.stats)
+        memory maps of the cache, read as they are indexed. With several processes, process 0
+        loads first (building the cache entry once) and the others then read it."""
+        return distributed.main_first(
+            lambda: jdata.load(self.name, split, data_dir=self.data_dir,
+                               image_size=self.image_size, mmap=mmap, stats=self.stats),
+            f"jaxdiff data {self.name} {split}")
 
 
 def data_spec(r: Resolver, prefix: str = "data") -> DataSpec:
