@@ -217,6 +217,8 @@ def torch_worker(a, compiled: bool) -> dict:
         return {"impl": "torch_compile" if compiled else "torch_eager",
                 "skipped": "torch is not installed in this interpreter"}
     torch.manual_seed(a.seed)
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
     x, y, tx, ty = _read(a.data, a.n)
     nchw = lambda v: torch.from_numpy(v).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     train = TensorDataset(nchw(x), torch.from_numpy(y).long())
@@ -339,7 +341,8 @@ def _worker_cmd(impl: str, a, data_dir: str, n: int) -> tuple[list[str], dict]:
     common = ["--data", data_dir, "--n", str(n), "--runs", str(a.runs), "--epochs",
               str(a.epochs), "--seed", str(a.seed), "--width", str(a.width), "--test-batch",
               str(a.test_batch), "--run-mode", a.run_mode, "--test-size", str(a.test_size),
-              "--repeats", str(a.repeats), "--dsa", a.dsa, "--modes", *a.modes]
+              "--repeats", str(a.repeats), "--dsa", a.dsa, "--torch-threads",
+              str(a.torch_threads), "--modes", *a.modes]
     env = dict(os.environ)
     if impl.startswith("torch"):
         env.pop("GLIBC_TUNABLES", None)
@@ -387,6 +390,37 @@ def side_by_side(a, emit) -> list[dict]:
     return out
 
 
+def side_by_side_table(records: list[dict]) -> str:
+    """Markdown rows of side-by-side records (one row per size): wall seconds of each
+    implementation, jaxdiff's speed against PyTorch eager, peak RSS, load."""
+    by_n: dict[int, dict] = {}
+    for r in records:
+        if r.get("impl") in ("jaxdiff", "torch_eager", "torch_compile") and "wall_s" in r:
+            by_n.setdefault(r["n"], {})[r["impl"]] = r
+    lines = ["| images | jaxdiff s (compile) | PyTorch eager s (train + test) | torch.compile s "
+             "| jaxdiff vs eager | vs compile | peak RSS MiB jaxdiff / eager / compile "
+             "| accuracy % (mean of runs) jaxdiff / eager | load |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for n in sorted(by_n):
+        j, e, c = (by_n[n].get(k, {}) for k in ("jaxdiff", "torch_eager", "torch_compile"))
+
+        def acc(r):
+            return f"{100 * sum(r['accuracy']) / len(r['accuracy']):.1f}" if r.get("accuracy") \
+                else "-"
+
+        def ratio(other):
+            return f"{other['wall_s'] / j['wall_s']:.2f}x" if other.get("wall_s") and j else "-"
+
+        loads = [r["load_before"][0] for r in (j, e, c) if r.get("load_before")]
+        lines.append(
+            f"| {n} | {j.get('wall_s', '-')} ({j.get('compile_s', '-')}) | {e.get('wall_s', '-')} "
+            f"({e.get('train_s', '-')} + {e.get('test_s', '-')}) | {c.get('wall_s', '-')} "
+            f"| **{ratio(e)}** | {ratio(c)} | {j.get('peak_rss_mib', '-')} / "
+            f"{e.get('peak_rss_mib', '-')} / {c.get('peak_rss_mib', '-')} | {acc(j)} / {acc(e)} "
+            f"| {min(loads) if loads else '-'}-{max(loads) if loads else '-'} |")
+    return "\n".join(lines)
+
+
 def profile(a, emit) -> None:
     with tempfile.TemporaryDirectory(prefix="evaluate_cpu_") as tmp:
         prepare_data(tmp, a.sizes, a.seed, max(a.test_size, 256), a.synthetic)
@@ -397,33 +431,58 @@ def profile(a, emit) -> None:
 
 
 def commands(a, emit) -> None:
-    """Wall time and peak RSS of whole `jaxdiff` commands (each a fresh process tree)."""
+    """Wall time and peak RSS of whole `jaxdiff` commands (each a fresh process tree), once per
+    `--command-variants` entry: space-separated `--config.KEY=VALUE` overrides and `NAME=VALUE`
+    environment settings (e.g. "JAXDIFF_REUSE_HEAP=0")."""
     data = {"JAXDIFF_DATA_DIR": os.environ.get("JAXDIFF_DATA_DIR", "/work/shared/tfds")}
+    dm = ["--config.iterations=50", "--config.loss.batch_real=256",
+          "--config.eval.compare_random=False"]
     with tempfile.TemporaryDirectory(prefix="evaluate_cpu_cmd_") as tmp:
         runs = {
             "evaluate_cifar10 ipc 16 (160 images), 3 runs x 101 epochs": [
                 "evaluate", "--config", "evaluate_cifar10", "--config.ipc=16",
-                "--config.train.num_runs=3", "--config.train.epochs=100",
-                f"--config.run_dir={tmp}/evaluate"],
+                "--config.train.num_runs=3", "--config.train.epochs=100"],
             "distill_cifar10_cpu fred ipc 1 (DM, 50 iterations, 3 x 101 epochs)": [
-                "distill", "--config", "distill_cifar10_cpu", "--config.param.name=fred",
-                "--config.iterations=50", "--config.loss.batch_real=256",
-                "--config.eval.compare_random=False", f"--config.run_dir={tmp}/distill"],
+                "distill", "--config", "distill_cifar10_cpu", "--config.param.name=fred", *dm],
+            "distill_cifar10_cpu ddif ipc 1 (DM, 50 iterations, 3 x 101 epochs)": [
+                "distill", "--config", "distill_cifar10_cpu", "--config.param.name=ddif", *dm],
         }
-        for name, argv in runs.items():
-            for extra in a.command_variants:
+        for i, (name, argv) in enumerate(runs.items()):
+            if a.command_filter and not any(f in name for f in a.command_filter):
+                continue
+            for j, variant in enumerate(a.command_variants):
+                words = variant.split()
+                env = {**data, **dict(w.split("=", 1) for w in words if not w.startswith("--"))}
+                extra = [w for w in words if w.startswith("--")]
+                run_dir = f"{tmp}/run{i}_{j}"
                 cmd = [os.path.join(os.path.dirname(sys.executable), "jaxdiff"), *argv,
-                       *extra.split()]
+                       f"--config.run_dir={run_dir}", "--config.progress=False", *extra]
                 load0, t0 = _load(), time.perf_counter()
-                p = subprocess.run(["/usr/bin/env", *[f"{k}={v}" for k, v in data.items()],
+                p = subprocess.run(["/usr/bin/env", *[f"{k}={v}" for k, v in env.items()],
                                     sys.executable, "-c", _RSS_WRAPPER, *cmd],
                                    capture_output=True, text=True, timeout=a.timeout)
                 rec = {"bench": "evaluate_cpu", "kind": "command", "command": name,
-                       "overrides": extra, "wall_s": round(time.perf_counter() - t0, 1),
+                       "variant": variant, "wall_s": round(time.perf_counter() - t0, 1),
                        "load_before": load0, "load_after": _load(), "rc": p.returncode}
                 lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{\"peak")]
                 rec.update(json.loads(lines[-1]) if lines else {"error": p.stderr[-600:]})
+                rec.update(_phases(run_dir))
                 emit(rec)
+
+
+def _phases(run_dir: str) -> dict:
+    """The command's own seconds (whole command; distillation alone) from its results.json."""
+    try:
+        with open(os.path.join(run_dir, "results.json")) as f:
+            r = json.load(f)
+    except OSError:
+        return {}
+    out = {"command_s": round(r["seconds"], 1)}
+    if "distill_seconds" in r:
+        out["distill_s"] = round(r["distill_seconds"], 1)
+    if "accuracy_mean" in r:
+        out["accuracy_mean"] = r["accuracy_mean"]
+    return out
 
 
 # Runs a command as a child and prints the peak RSS of the process tree's largest member
@@ -464,6 +523,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dsa", default=FULL_STRATEGY, help="the DSA strategy (both sides)")
     ap.add_argument("--synthetic", action="store_true", help="Gaussian images, no dataset")
     ap.add_argument("--torch-python", default=TORCH_PYTHON)
+    ap.add_argument("--torch-threads", type=int, default=0, help="0: PyTorch's default")
     ap.add_argument("--timeout", type=float, default=7200)
     ap.add_argument("--out", help="also append the JSON lines to this file")
     ap.add_argument("--quick", action="store_true",
@@ -474,14 +534,21 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", default=["sequential", "vmap"])
     ap.add_argument("--repeats", type=int, default=3, help="profile: timed calls per program")
     ap.add_argument("--commands", action="store_true", help="wall + peak RSS of CLI commands")
+    ap.add_argument("--command-filter", nargs="*", default=[],
+                    help="--commands: only the commands whose name contains one of these")
     ap.add_argument("--command-variants", nargs="+", default=[""],
                     help="extra overrides, one string per variant of each command")
+    ap.add_argument("--table", help="print the side-by-side table of this JSON-lines file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         return _worker(a)
+    if a.table:
+        with open(a.table) as f:
+            print(side_by_side_table([json.loads(ln) for ln in f if ln.strip()]))
+        return 0
     if a.quick:
         a.sizes, a.runs, a.epochs, a.test_size, a.width, a.synthetic = [10, 20], 2, 1, 500, 16, True
         a.profile_runs, a.repeats = [2], 1

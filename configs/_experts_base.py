@@ -1,4 +1,4 @@
-"""Shared defaults of the full-scale expert presets (not a preset itself): the MTT recipe of
+"""Shared defaults of the expert presets (not a preset itself): the MTT recipe of
 dd-common.md §8.1, which FreD and DDiF reuse — 100 experts x 50 epochs, SGD lr 0.01 without
 momentum or weight decay, batch 256, per-sample DSA, one snapshot per epoch, no ZCA."""
 
@@ -21,6 +21,8 @@ def experts_config(*, dataset: str, image_size: int, buffer_dir: str, stats: str
     c.dsa_strategy = "auto"
     c.seed = 0
     c.num_devices = 0       # split groups over this many devices (0 = all)
+    # Stop (nothing final written; finished epochs kept) when an expert's mean train loss in
+    # an epoch exceeds this many times the chance-level cross-entropy log(classes); 0: never.
     c.divergence_limit = 100.0
     c.progress = True
     c.resume = False

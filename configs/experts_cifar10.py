@@ -11,27 +11,10 @@ MTT trains CIFAR-10 IPC 1/10 experts with ZCA and IPC 50 without (dd-common.md Â
 refuses ZCA. Experts and distillation must agree on ZCA: the store records it.
 """
 
-import ml_collections
+from _experts_base import experts_config
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.data = dict(name="cifar10_jpeg", data_dir="", image_size=0)
-    c.zca = False
-    c.zca_reg = 0.1
-    c.model = dict(name="convnet", depth=3, width=128, norm="instancenorm")
-    c.num_experts = 100
-    c.parallel = 10
-    c.epochs = 50
-    c.lr = 0.01
-    c.batch_size = 256
-    c.dsa_strategy = "auto"
-    c.seed = 0
-    c.num_devices = 0       # split groups over this many devices (0 = all)
-    # Stop (nothing final written; finished epochs kept) when an expert's mean train loss in
-    # an epoch exceeds this many times the chance-level cross-entropy log(classes); 0: never.
-    c.divergence_limit = 100.0
-    c.progress = True
-    c.resume = False
-    c.buffer_dir = "runs/experts_cifar10"
+    c = experts_config(dataset="cifar10_jpeg", image_size=0, buffer_dir="runs/experts_cifar10")
+    c.model.depth = 3
     return c

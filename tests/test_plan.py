@@ -58,7 +58,7 @@ def chunk_plans():
     """The tiny DM step's fit check with all classes at once and one class at a time (one
     device): (spec, {chunk: Planned})."""
     spec = S.resolve(tiny_distill_config("/tmp/unused", **TINY))
-    return spec, {c: D.plan(D._with_chunk(spec, c if c < 10 else 0)) for c in (1, 10)}
+    return spec, {c: D.plan(D._with_chunk(spec, c)) for c in (1, 10)}
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -188,9 +188,12 @@ def test_a_run_that_does_not_fit_exits_2_naming_the_knobs_and_writes_nothing(tmp
         assert what in err, (what, err)
 
 
-def test_auto_class_chunk_fits_a_small_budget_and_runs_to_the_same_loss(tmp_path, chunk_plans):
-    """A budget between the one-class and the all-classes peaks: `class_chunk` 0 picks a chunk
-    below 10 that fits (noted in config.json), and the run equals one with all classes at once."""
+def test_auto_class_chunk_fits_a_small_budget_and_runs_to_the_same_loss(tmp_path, chunk_plans,
+                                                                       monkeypatch):
+    """The accelerators' rule, a budget between the one-class and the all-classes peaks:
+    `class_chunk` 0 picks a chunk below 10 that fits (noted in config.json), and the run equals
+    one with all classes at once. (On CPU devices auto is 1: `test_auto_class_chunk_on_cpu`.)"""
+    monkeypatch.setattr(D, "small_chunks_first", lambda devices: False)
     _, plans = chunk_plans
     low, high = plans[1].plan.peak, plans[10].plan.peak
     assert low < high
@@ -207,6 +210,17 @@ def test_auto_class_chunk_fits_a_small_budget_and_runs_to_the_same_loss(tmp_path
     a = np.load(tmp_path / "auto" / "params.npz")["params/images"]
     b = np.load(tmp_path / "all" / "params.npz")["params/images"]
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_class_chunk_on_cpu(chunk_plans):
+    """On CPU devices `class_chunk` 0 is one class at a time (one compile), noted as such."""
+    spec, plans = chunk_plans
+    got = D.plan(spec)
+    assert got.spec.loss.class_chunk == 1
+    assert got.plan.steps[0].peak == plans[1].plan.steps[0].peak
+    assert got.spec.resolution.notes[-1] == (
+        "class_chunk -> 1  (auto on CPU: one class at a time, fastest and smallest on XLA:CPU; "
+        "1 compiled)")
 
 
 def test_plan_needs_shapes_not_data(tmp_path):

@@ -299,9 +299,12 @@ def flat_size(program: StepProgram) -> int:
 def plan(spec: DistillSpec, options: PlanOptions = PlanOptions(), *, for_run: bool = False
          ) -> Planned:
     """The fit check of `spec`'s distillation step (compiled, never run; no data read).
-    `class_chunk` 0 (DM, DC): the largest divisor of the class count whose step fits, by binary
-    search (all classes at once when that fits; chunk 1 is reported when nothing does).
-    `for_run`: TM needs its expert store (a plan without it uses the spec's `model`)."""
+    `class_chunk` 0 (DM, DC) is chosen here: on CPU devices 1 (one class's real batch at a
+    time: on XLA:CPU the fastest and 5x smaller than all classes at once,
+    benchmarks/results/class_chunk_memory.md); on accelerators the largest divisor of the class
+    count whose step fits, by binary search (all classes at once when that fits; chunk 1 is
+    reported when nothing does). `for_run`: TM needs its expert store (a plan without it uses
+    the spec's `model`)."""
     experts = _open_experts(spec) if for_run else _experts_if_present(spec)
     loss, classes = spec.loss, spec.data.info.num_classes
     if loss.class_chunk or loss.name not in ("dm", "dc"):
@@ -313,15 +316,26 @@ def plan(spec: DistillSpec, options: PlanOptions = PlanOptions(), *, for_run: bo
         tried[chunk] = _plan_at(at, options, experts, for_run)
         return bool(agree(tried[chunk].plan.fits))
 
-    chosen = largest_fitting(divisors(classes), fits)
+    if small_chunks_first(jax.devices()):
+        chosen = 1 if fits(1) else None
+        why = ("auto on CPU: one class at a time, fastest and smallest on XLA:CPU" if chosen
+               else "auto: no chunk fits, not even one class at a time")
+    else:
+        chosen = largest_fitting(divisors(classes), fits)
+        why = (f"auto: the largest divisor of {classes} classes whose step fits "
+               f"{tried[chosen].plan.budget.source}" if chosen is not None else
+               "auto: no chunk fits, not even one class at a time")
     got = tried[chosen if chosen is not None else 1]
-    why = (f"auto: the largest divisor of {classes} classes whose step fits "
-           f"{got.plan.budget.source}" if chosen is not None else
-           "auto: no chunk fits, not even one class at a time")
     note = f"class_chunk -> {chosen or 1}  ({why}; {len(tried)} compiled)"
     resolution = dataclasses.replace(got.spec.resolution,
                                      notes=got.spec.resolution.notes + (note,))
     return got._replace(spec=dataclasses.replace(got.spec, resolution=resolution))
+
+
+def small_chunks_first(devices) -> bool:
+    """`class_chunk` auto takes one class at a time (True: CPU devices) rather than the most
+    classes that fit (accelerators, where a larger call fills the chip)."""
+    return all(d.platform == "cpu" for d in devices)
 
 
 def _plan_at(spec: DistillSpec, options: PlanOptions, experts, for_run: bool) -> Planned:

@@ -48,7 +48,8 @@ def show_progress(wanted: bool, stream=None) -> bool:
 def run(spec: EvaluateSpec) -> dict:
     """Run the evaluation described by `spec`; returns (and saves) the results dict."""
     timer = common.Timer()
-    train, test = spec.data.load("train"), spec.data.load("test")
+    # Memory-mapped: a random subset reads only its rows (a synthetic set reads none).
+    train, test = spec.data.load("train", mmap=True), spec.data.load("test")
     info = train.info
     labelled = training_set(spec, train)
     run_dir = common.open_run_dir(spec.run.run_dir, spec.resolution,

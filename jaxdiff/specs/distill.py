@@ -87,7 +87,7 @@ class LossSpec:
     dc: DCSpec | None
     tm: TMSpec | None
     lcmat: LCMatSpec | None
-    class_chunk: int = 0   # DM/DC: real batches processed this many classes at a time (0 = all)
+    class_chunk: int = 0   # DM/DC: real batches this many classes at a time (0: auto, `plan`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,9 +294,10 @@ def _check_real_init(ipc: int, param: ParamSpec, data: DataSpec) -> None:
 
 
 def _class_chunk(r: Resolver, loss: str) -> int:
-    """`class_chunk` (absent or 0: all classes in one call): DM and DC embed / take the
-    gradients of the real batches this many classes at a time, bounding the peak memory by the
-    chunk instead of the class count. The loss is the same up to float rounding, so like the
+    """`class_chunk`: DM and DC embed / take the gradients of the real batches this many classes
+    at a time, bounding the peak memory by the chunk instead of the class count. Absent or 0:
+    auto, chosen by the fit check before the run (`pipelines.distill.plan`): one class on CPU,
+    the most classes that fit on accelerators. The loss is the same up to float rounding, so like the
     device count it is a run-control key (a resume may change it). LCMat-C's global
     perturbation needs every class's real gradient at once, so it takes no chunk."""
     chunk = r.integer("class_chunk", minimum=0) if r.has("class_chunk") else 0

@@ -97,7 +97,7 @@ def resolve(config) -> SelectSpec:
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise SpecError(f"config key 'seeds' must be non-negative integers, got {seeds}")
     per_class = r.integer("select.pool_per_class", minimum=0)
-    labels = data.load("train").labels
+    labels = np.asarray(data.load("train", mmap=True).labels)   # the labels only
     pool = candidate_pool(labels, data.info.num_classes, per_class)
     budgets = {}
     for f in fractions:
