@@ -4,7 +4,10 @@ Each command runs twice on the same tiny config: one process with 8 devices, and
 with 4 devices each joined by a loopback coordinator (tests/helpers.start_cli). Results must
 agree; the tolerance per command is what XLA:CPU's arithmetic allows:
 
-* bitwise: distill DDiF DM and pixel TM parameters, evaluation accuracies, selections of
+* distill DDiF DM resumed on 1 x 4 devices within 1e-6 of 1 x 8 (observed 3e-8: the real
+  batches taken a class at a time, `class_chunk` auto on CPU, reduce in another order on 4
+  devices a process; evaluation accuracies within 0.2 percentage points);
+* bitwise: pixel TM parameters, evaluation accuracies, selections of
   `uniform`, train-denoiser's final loss and the experts' first epochs — the same programs on
   the same per-device data;
 * experts' later epochs within 1e-6 absolute (observed 1.5e-8): XLA:CPU splits some reductions
@@ -122,8 +125,10 @@ def test_distill_ddif_dm_kill_then_resume_equals_one_process(tmp_path):
     out = run_cli([*DISTILL[1:], f"--config.run_dir={cut}", "--config.iterations=6",
                    "--resume"], processes=1, devices=4)
     assert f"resumed from {cut}/checkpoints/4" in out[0]
-    _assert_same_npz(one / "params.npz", cut / "params.npz")
-    assert _results(one)["accuracy_runs"] == _results(cut)["accuracy_runs"]
+    # The last two iterations ran on 1 x 4 devices: float rounding (observed 3e-8), see above.
+    _assert_same_npz(one / "params.npz", cut / "params.npz", atol=1e-6)
+    accuracies = _results(one)["accuracy_runs"], _results(cut)["accuracy_runs"]
+    assert accuracies[0] == pytest.approx(accuracies[1], abs=2e-3), accuracies
     _only_process0_wrote(cut)
 
 
