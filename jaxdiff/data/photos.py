@@ -173,8 +173,9 @@ def _decode_into(tmp, rs, rows, labels, transform, res: int) -> None:
     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                        shape=shape)
     # Reserve the disk space now: a full disk is an OSError here, not a SIGBUS mid-write.
-    with open(tmp / "images.npy", "r+b") as f:
-        os.posix_fallocate(f.fileno(), 0, images.offset + images.nbytes)
+    if hasattr(os, "posix_fallocate"):   # Linux; elsewhere a full disk fails while writing
+        with open(tmp / "images.npy", "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, images.offset + images.nbytes)
     out = records.decode_rows(rs, rows, transform, out=images)
     images.flush()
     del images
