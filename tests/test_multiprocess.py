@@ -40,15 +40,8 @@ from tests.helpers import run_cli, start_cli, wait_cli
 pytestmark = pytest.mark.slow
 
 Q = ["--config.progress=False"]
-# Tiny configs, so compiling dominates: the processes compile without XLA:CPU's backend
-# optimisation (the suite's multi-process part takes 2.5 instead of 3.6 minutes alone); both
-# sides of every comparison use the same flags.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-@pytest.fixture(autouse=True)
-def _fast_compile(monkeypatch):
-    monkeypatch.setenv("TEST_XLA_EXTRA", f"{os.environ.get('TEST_XLA_EXTRA', '')} {FAST_COMPILE}")
+# Tiny configs, so compiling dominates: `conftest` passes its fast-compile XLA flags to the
+# processes (the multi-process part takes 2.5 instead of 3.6 minutes alone).
 
 
 def _both(tmp_path, name, args, *, extra=()):

@@ -208,7 +208,9 @@ def test_batch_invariance(key):
                  shape=shape) for bs in (1, 4, 16)]
     x0, i0 = outs[0]
     for x, info in outs[1:]:
-        np.testing.assert_allclose(np.asarray(x), np.asarray(x0), rtol=1e-6, atol=1e-7)
+        # Each pool size is its own compiled program, so float rounding may differ (the suite's
+        # unoptimised XLA:CPU code: 1e-5 relative after 5 steps); the decisions must not.
+        np.testing.assert_allclose(np.asarray(x), np.asarray(x0), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(info.sample_nfe, i0.sample_nfe)
         assert int(info.algorithmic_nfe) == int(i0.algorithmic_nfe)
         assert int(info.disc_algorithmic) == int(i0.disc_algorithmic)
