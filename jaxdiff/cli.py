@@ -167,8 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     from jaxdiff.config_utils import build_config, parse_overrides
 
     if argv is None:  # a real process entry (not a call from Python): see jaxdiff.runtime
-        from jaxdiff.runtime import reexec_with_reuse_heap
+        from jaxdiff.runtime import reexec_with_reuse_heap, start_heap_trimmer
         reexec_with_reuse_heap([sys.executable, "-m", "jaxdiff.cli", *sys.argv[1:]])
+        try:
+            start_heap_trimmer()
+        except ValueError as e:
+            sys.exit(f"jaxdiff: {e}")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     try:
