@@ -20,7 +20,7 @@ def test_reuse_heap_reexec_sets_glibc_tunables():
     assert off.stdout.strip() == "not re-executed"
 
 
-def test_heap_trimmer_returns_freed_heap_pages(tmp_path):
+def test_heap_trimmer_returns_freed_heap_pages():
     """Under the reuse-heap tunables a freed 256 MiB block stays resident (the point: no page
     faults when it is reused); with the trimmer it leaves within a period, without it it stays."""
     import subprocess
