@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 REUSE_HEAP_TUNABLES = (
     "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
@@ -77,13 +78,12 @@ def start_heap_trimmer(period_s: float | None = None) -> threading.Thread | None
     except (OSError, AttributeError):  # not glibc
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    stop = threading.Event()
 
     def loop():
-        while not stop.wait(period_s):
+        while True:
+            time.sleep(period_s)
             trim(0)
     thread = threading.Thread(target=loop, name="jaxdiff-heap-trimmer", daemon=True)
-    thread.stop = stop
     thread.start()
     _TRIMMER[0] = thread
     return thread

@@ -116,6 +116,12 @@ def local_batch_to_global(local: Any, mesh: jax.sharding.Mesh, axis_name: str = 
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 
+def all_cpu(devices) -> bool:
+    """True when every device in `devices` is an XLA:CPU device (the CPU-specific choices:
+    evaluation runs in sequence, `class_chunk` auto 1, one step in flight)."""
+    return all(d.platform == "cpu" for d in devices)
+
+
 def settle_cpu_step(outputs: Any) -> None:
     """Wait for a training step's `outputs` when they span several CPU devices; otherwise return
     at once (one device, or an accelerator: dispatch stays asynchronous).
@@ -131,5 +137,5 @@ def settle_cpu_step(outputs: Any) -> None:
     if not leaves:
         return
     devices = leaves[0].sharding.device_set
-    if len(devices) > 1 and all(d.platform == "cpu" for d in devices):
+    if len(devices) > 1 and all_cpu(devices):
         jax.block_until_ready(leaves)

@@ -50,7 +50,7 @@ from jaxdiff.batching import num_batches
 from jaxdiff.distributed import to_host
 from jaxdiff.models.functional import apply, masked_cross_entropy
 from jaxdiff.random import sample_keys
-from jaxdiff.sharding import devices_by_process, put, replicate
+from jaxdiff.sharding import all_cpu, devices_by_process, put, replicate
 
 RUNS_AXIS = "runs"
 RUN_MODES = ("auto", "vmap", "sequential")
@@ -220,7 +220,7 @@ def choose_run_mode(run_mode: str, devices: Sequence[jax.Device]) -> str:
         raise ValueError(f"run_mode {run_mode!r}: expected one of {RUN_MODES}")
     if run_mode != "auto":
         return run_mode
-    return "sequential" if all(d.platform == "cpu" for d in devices) else "vmap"
+    return "sequential" if all_cpu(devices) else "vmap"
 
 
 def run_layout(num_runs: int, devices: Sequence[jax.Device] | None = None

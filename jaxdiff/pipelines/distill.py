@@ -316,15 +316,15 @@ def plan(spec: DistillSpec, options: PlanOptions = PlanOptions(), *, for_run: bo
         tried[chunk] = _plan_at(at, options, experts, for_run)
         return bool(agree(tried[chunk].plan.fits))
 
-    if small_chunks_first(jax.devices()):
-        chosen = 1 if fits(1) else None
-        why = ("auto on CPU: one class at a time, fastest and smallest on XLA:CPU" if chosen
-               else "auto: no chunk fits, not even one class at a time")
+    one_class = small_chunks_first(jax.devices())
+    chosen = (1 if fits(1) else None) if one_class else largest_fitting(divisors(classes), fits)
+    if chosen is None:
+        why = "auto: no chunk fits, not even one class at a time"
+    elif one_class:
+        why = "auto on CPU: one class at a time, fastest and smallest on XLA:CPU"
     else:
-        chosen = largest_fitting(divisors(classes), fits)
         why = (f"auto: the largest divisor of {classes} classes whose step fits "
-               f"{tried[chosen].plan.budget.source}" if chosen is not None else
-               "auto: no chunk fits, not even one class at a time")
+               f"{tried[chosen].plan.budget.source}")
     got = tried[chosen if chosen is not None else 1]
     note = f"class_chunk -> {chosen or 1}  ({why}; {len(tried)} compiled)"
     resolution = dataclasses.replace(got.spec.resolution,
@@ -335,7 +335,7 @@ def plan(spec: DistillSpec, options: PlanOptions = PlanOptions(), *, for_run: bo
 def small_chunks_first(devices) -> bool:
     """`class_chunk` auto takes one class at a time (True: CPU devices) rather than the most
     classes that fit (accelerators, where a larger call fills the chip)."""
-    return all(d.platform == "cpu" for d in devices)
+    return sharding.all_cpu(devices)
 
 
 def _plan_at(spec: DistillSpec, options: PlanOptions, experts, for_run: bool) -> Planned:
