@@ -106,6 +106,7 @@ def jax_worker(a) -> dict:
     from jaxdiff.distill import augment as dsa
     from jaxdiff.distill.evaluate import choose_run_mode, train_and_test
     from jaxdiff.models.classifiers import classifier_factory
+    from jaxdiff.xla_options import compiler_options_for
 
     compile_s = [0.0]
 
@@ -124,6 +125,7 @@ def jax_worker(a) -> dict:
         run_mode=a.run_mode)
     wall = time.perf_counter() - t0
     return {"impl": "jaxdiff", "run_mode": choose_run_mode(a.run_mode, jax.devices()[:1]),
+            "compiler_options": compiler_options_for(jax.devices()[:1]) or {},
             "wall_s": round(wall, 2), "compile_s": round(compile_s[0], 2),
             "accuracy": [float(v) for v in r.accuracy]}
 

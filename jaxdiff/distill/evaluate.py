@@ -51,6 +51,7 @@ from jaxdiff.distributed import to_host
 from jaxdiff.models.functional import apply, masked_cross_entropy
 from jaxdiff.random import sample_keys
 from jaxdiff.sharding import all_cpu, devices_by_process, put, replicate
+from jaxdiff.xla_options import compiler_options_for
 
 RUNS_AXIS = "runs"
 RUN_MODES = ("auto", "vmap", "sequential")
@@ -278,8 +279,10 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
     """Build (and memoise) the jitted training + testing program, runs split over `mesh`:
     `fn(keys [R], train_x, train_y, test_x, test_y, lr, train_w) -> (final [R], acc [R, E+1],
     last loss [R])`, each device training its `R / mesh.size` runs as `mode` says."""
+    options = compiler_options_for(mesh.devices.flat)
     cache_key = (make_model, epochs, batch_size, momentum, weight_decay, augment, eval_epochs,
-                 test_batch_size, n_train, n_test, progress, mesh, mode)
+                 test_batch_size, n_train, n_test, progress, mesh, mode,
+                 tuple(sorted((options or {}).items())))
     if cache_key in _CACHE:
         return _CACHE[cache_key]
     total_epochs = epochs + 1
@@ -295,8 +298,10 @@ def _compiled_protocol(make_model, epochs, batch_size, momentum, weight_decay, a
         progress=progress)
     runs = _device_runs(run, mode, total_epochs)
     # shard_map, not sharding propagation: every device provably trains only its own runs.
+    # On CPU: one kernel at a time (jaxdiff.xla_options; a 5-9 % faster train step).
     fn = jax.jit(jax.shard_map(runs, mesh=mesh, in_specs=(P(RUNS_AXIS),) + (P(),) * 6,
-                               out_specs=P(RUNS_AXIS), check_vma=False))
+                               out_specs=P(RUNS_AXIS), check_vma=False),
+                 compiler_options=options)
     _CACHE[cache_key] = fn
     return fn
 

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiff.models.init import Conv2d, activation_fn, linear, make_norm
-from jaxdiff.ops import avg_pool2
+from jaxdiff.models.init import Conv2d, InstanceNorm, activation_fn, linear, make_norm
+from jaxdiff.ops import avg_pool2, instance_norm, instance_norm_relu_avg_pool2
 
 POOLINGS = ("avgpool", "maxpool", "none")
 # The references' spellings ('avgpooling', 'maxpooling') are accepted too.
@@ -84,6 +84,16 @@ class ConvBlock(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.conv(x)
+        if (isinstance(self.norm, InstanceNorm) and self.activation == "relu"
+                and self.pooling == "avgpool" and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0):
+            # The references' default block. On CPU its tail is one op with a hand-written
+            # backward pass (jaxdiff.ops.instance_norm_relu_avg_pool2; ConvNet-D3 train step
+            # 0.632 -> 0.555 s); elsewhere the plain composition, chosen like `conv2d`'s "auto".
+            scale, bias, eps = self.norm.scale[...], self.norm.bias[...], self.norm.eps
+            return jax.lax.platform_dependent(
+                x, scale, bias,
+                cpu=lambda x, s, b: instance_norm_relu_avg_pool2(x, s, b, eps),
+                default=lambda x, s, b: avg_pool2(jax.nn.relu(instance_norm(x, s, b, eps))))
         if self.norm is not None:
             x = self.norm(x)
         x = activation_fn(self.activation)(x)

@@ -12,7 +12,7 @@
   writes it ~6x slower. So:
 
   - weight gradient: a sum over kernel taps of (shifted input)^T @ (output gradient), one
-    GEMM per tap contracting over N*H'*W' (70-120 GFLOP/s); for few input channels
+    GEMM per tap contracting over N*H'*W' (in two halves; 70-120 GFLOP/s); for few input channels
     (< SMALL_C_IN, e.g. RGB) one GEMM on the im2col matrix instead (K = kh*kw*C_in);
   - input gradient: one *canonical* (NHWC/HWIO) XLA convolution of the stride-dilated output
     gradient with the flipped, feature-transposed kernel -- same speed as XLA's own outside
@@ -313,7 +313,19 @@ def _mm_conv_dw(x: jax.Array, g: jax.Array, geom: _Geom) -> jax.Array:
     g2 = _as_rows(g)
     if c < SMALL_C_IN:
         return (_im2col(x, geom).T @ g2).reshape(kh, kw, c, o)
-    return jnp.stack([_as_rows(xt).T @ g2 for xt in _taps(x, geom)]).reshape(kh, kw, c, o)
+    rows = g2.shape[0]
+    if rows % 2:
+        return jnp.stack([_as_rows(xt).T @ g2 for xt in _taps(x, geom)]).reshape(kh, kw, c, o)
+    # The contraction split in two halves, one batched product of two GEMMs, then summed: a
+    # [C, O] GEMM with a long contraction parallelises poorly over the output, and the two halves
+    # run side by side instead (ConvNet-D3 train step, 2 cores: 566 -> 555 ms; layer 2's taps
+    # 23 -> 18 ms each; benchmarks/results/evaluate_cpu.md §5).
+    gh = g2.reshape(2, rows // 2, o)
+
+    def tap(xt):
+        xh = _as_rows(xt).reshape(2, rows // 2, c)
+        return jnp.sum(lax.dot_general(xh, gh, (((1,), (1,)), ((0,), (0,)))), axis=0)
+    return jnp.stack([tap(xt) for xt in _taps(x, geom)]).reshape(kh, kw, c, o)
 
 
 def _mm_conv_dx(g: jax.Array, w: jax.Array, geom: _Geom) -> jax.Array:

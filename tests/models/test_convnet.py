@@ -116,3 +116,24 @@ def test_param_dtype_and_input_dtype(key):
     assert m16(jnp.ones((2, 8, 8, 3), jnp.bfloat16)).dtype == jnp.bfloat16
     m32 = ConvNet(nnx.Rngs(key), in_channels=3, num_classes=2, image_size=8, depth=1, width=4)
     assert m32(jnp.ones((2, 8, 8, 3))).dtype == jnp.float32
+
+
+def test_convnet_instancenorm_gradients_match_reference(key):
+    """The default block (instance norm -> ReLU -> average pool; on CPU one op with its own
+    backward pass) differentiates like the plain formula, for every parameter and the input."""
+    model = ConvNet(nnx.Rngs(key), in_channels=3, num_classes=5, image_size=8, depth=2, width=8)
+    for b in model.blocks:
+        b.norm.scale[...] = 1.0 + 0.1 * jax.random.normal(key, b.norm.scale.shape)
+        b.norm.bias[...] = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), b.norm.bias.shape)
+    graphdef, params = nnx.split(model, nnx.Param)
+    x = jax.random.normal(jax.random.fold_in(key, 2), (3, 8, 8, 3))
+
+    def loss(params, x, ours):
+        m = nnx.merge(graphdef, params)
+        logits = m(x) if ours else _convnet_ref(m, x, "instancenorm")[0]
+        return jnp.sum(jnp.sin(logits))
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+    ours, ref = grad(params, x, True), grad(params, x, False)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
