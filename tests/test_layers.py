@@ -17,7 +17,7 @@ RANKS = {
     "cli": 6, "pipelines": 5, "specs": 4, "config_utils": 4,
     "diffusion": 3, "distill": 3, "select": 3, "fid": 3, "models": 2, "data": 1,
     "random": 0, "sharding": 0, "checkpoint": 0, "metrics": 0, "files": 0, "batching": 0,
-    "feeding": 0, "torch_reader": 0, "noise_levels": 0,
+    "feeding": 0, "torch_reader": 0, "noise_levels": 0, "xla_options": 0,
     "images": 0, "runtime": 0, "distributed": 0, "errors": 0, "ops": 0, "__init__": 0,
 }
 # Same-rank imports allowed between different parts (the library may share downwards).
