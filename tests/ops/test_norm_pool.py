@@ -20,6 +20,20 @@ def _ref_instance_norm(x, scale, bias, eps=1e-5):
     return (x - mean) / jnp.sqrt(var + eps) * scale + bias
 
 
+def _reverse_mode(f, x, scale, bias, ct):
+    """Value, gradient (x, scale, bias), grad-of-grad and a vmapped per-sample gradient of
+    `sum(sin(f(x, scale, bias)) * ct)`."""
+    loss = lambda x, s, b: jnp.sum(jnp.sin(f(x, s, b)) * ct)
+    g = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
+    gg = jax.grad(
+        lambda x, s, b: sum(jnp.sum(t**2) for t in jax.grad(loss, (0, 1, 2))(x, s, b)),
+        argnums=(0, 1, 2),
+    )(x, scale, bias)
+    vm = jax.vmap(lambda xi, c: jax.grad(lambda x: jnp.sum(jnp.sin(f(x, scale, bias)) * c))(
+        xi[None]))(x, ct[:, None])
+    return f(x, scale, bias), g, gg, vm
+
+
 def test_instance_norm_values_and_derivatives(key):
     """Value, gradient, grad-of-grad, JVP, affine-only gradient and vmap vs the formula."""
 
@@ -31,17 +45,11 @@ def test_instance_norm_values_and_derivatives(key):
         ct = jax.random.normal(kc, x.shape)
 
         def side(f):
-            loss = lambda x, s, b: jnp.sum(jnp.sin(f(x, s, b)) * ct)
-            g = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
-            gg = jax.grad(
-                lambda x, s, b: sum(jnp.sum(t**2) for t in jax.grad(loss, (0, 1, 2))(x, s, b)),
-                argnums=(0, 1, 2),
-            )(x, scale, bias)
+            value, g, gg, vm = _reverse_mode(f, x, scale, bias, ct)
             jvp = jax.jvp(f, (x, scale, bias), (ct, scale, bias))[1]
             # Only the affine parameters differentiated (symbolic-zero tangent for x).
             g_affine = jax.grad(lambda s: jnp.sum(f(x, s, bias) * ct))(scale)
-            vm = jax.vmap(lambda x: jax.grad(loss)(x[None], scale, bias))(x)
-            return f(x, scale, bias), g, gg, jvp, g_affine, vm
+            return value, g, gg, jvp, g_affine, vm
 
         return side(instance_norm), side(_ref_instance_norm)
 
@@ -74,15 +82,10 @@ def test_instance_norm_relu_avg_pool2_matches_composition(key):
         v = jax.random.normal(kv, x.shape)
 
         def side(f):
-            loss = lambda x, s, b: jnp.sum(jnp.sin(f(x, s, b)) * ct)
-            g = jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
-            gg = jax.grad(
-                lambda x, s, b: sum(jnp.sum(t**2) for t in jax.grad(loss, (0, 1, 2))(x, s, b)),
-                argnums=(0, 1, 2),
-            )(x, scale, bias)
-            hvp = jax.jvp(lambda x: jax.grad(loss)(x, scale, bias), (x,), (v,))[1]
-            vm = jax.vmap(lambda x: jax.grad(loss)(x[None], scale, bias))(x)
-            return f(x, scale, bias), g, gg, hvp, vm
+            value, g, gg, vm = _reverse_mode(f, x, scale, bias, ct)
+            loss = lambda x: jnp.sum(jnp.sin(f(x, scale, bias)) * ct)
+            hvp = jax.jvp(jax.grad(loss), (x,), (v,))[1]
+            return value, g, gg, hvp, vm
 
         return side(instance_norm_relu_avg_pool2), side(_ref_block)
 
