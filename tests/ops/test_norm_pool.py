@@ -70,8 +70,9 @@ def _ref_block(x, scale, bias, eps=1e-5):
 
 
 def test_instance_norm_relu_avg_pool2_matches_composition(key):
-    """The fused block's value, gradients (x, scale, bias), grad-of-grad, Hessian-vector
-    product (forward over reverse) and vmap equal the plain composition's."""
+    """The fused block's value (alone and under differentiation), gradients (x, scale, bias),
+    grad-of-grad, Hessian-vector product (forward over reverse) and vmap equal the plain
+    composition's."""
 
     @jit_o0
     def run(key):
@@ -85,13 +86,15 @@ def test_instance_norm_relu_avg_pool2_matches_composition(key):
             value, g, gg, vm = _reverse_mode(f, x, scale, bias, ct)
             loss = lambda x: jnp.sum(jnp.sin(f(x, scale, bias)) * ct)
             hvp = jax.jvp(jax.grad(loss), (x,), (v,))[1]
-            return value, g, gg, hvp, vm
+            # The value as computed under differentiation (the custom rule's own forward).
+            value_in_vjp = jax.vjp(f, x, scale, bias)[0]
+            return value, value_in_vjp, g, gg, hvp, vm
 
         return side(instance_norm_relu_avg_pool2), side(_ref_block)
 
     ours, ref = run(key)
-    for name, a, b, tol in zip(("value", "grad", "grad2", "hvp", "vmap"), ours, ref,
-                               (1e-5, 1e-5, 2e-5, 2e-5, 1e-5)):
+    for name, a, b, tol in zip(("value", "value_in_vjp", "grad", "grad2", "hvp", "vmap"), ours,
+                               ref, (1e-5, 1e-5, 1e-5, 2e-5, 2e-5, 1e-5)):
         assert_close(a, b, tol), name
 
 
