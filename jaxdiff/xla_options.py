@@ -23,6 +23,8 @@ import functools
 import os
 import warnings
 
+from jaxdiff.sharding import all_cpu
+
 ENV_VAR = "JAXDIFF_XLA_CPU_SCHEDULER"
 SCHEDULERS = ("memory", "xla")
 _SCHEDULER_OPTION = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
@@ -54,7 +56,7 @@ def cpu_compiler_options() -> dict[str, str]:
 def compiler_options_for(devices) -> dict[str, str] | None:
     """`cpu_compiler_options()` when every device in `devices` is a CPU, else None (jit's
     default)."""
-    if all(d.platform == "cpu" for d in devices):
+    if all_cpu(devices):
         return cpu_compiler_options() or None
     return None
 
