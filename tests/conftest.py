@@ -26,3 +26,13 @@ def key(request):
     import zlib
 
     return jax.random.key(zlib.crc32(request.node.name.encode()))
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test():
+    """Processes a test started with `helpers.start_cli` die with the test, even when it fails
+    half-way (a run left going slows every test after it)."""
+    yield
+    from tests.helpers import kill_started
+
+    kill_started()

@@ -223,18 +223,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Seconds without a heartbeat before the coordinator declares a process dead (jax's default is
+# 100). 10 s proved too short on a loaded 2-core CI machine: both processes of a healthy run were
+# declared dead while the other pytest worker kept the cores busy. A killed peer is noticed after
+# about 0.8 x this (measured: 7.5 s at 10, 17 s at 20, 47 s at 60).
+TEST_HEARTBEAT_S = 30
+
+# Every process `start_cli` started, so a failing test cannot leave a run going (it would load
+# the machine for the tests after it): `kill_started`, called by conftest after every test.
+_STARTED: list[subprocess.Popen] = []
+
+
+def kill_started() -> None:
+    """SIGKILL every process `start_cli` started that is still running, and forget them all."""
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+
+
 def start_cli(args, *, processes=2, devices=4, port=None, env=None, ids=None,
               module="jaxdiff.cli"):
     """Start `jaxdiff <args>` as `processes` real processes (`devices` fake CPU devices each),
     joined by a loopback coordinator; `processes=1` starts one plain process. Returns the
-    `Popen`s (stdout+stderr to a pipe). Heartbeat timeout 10 s: a dead peer stops the others.
+    `Popen`s (stdout+stderr to a pipe); any still running when the test ends is killed.
+    Heartbeat timeout `TEST_HEARTBEAT_S`: a dead peer stops the others.
     `TEST_XLA_EXTRA` adds XLA flags (e.g. `--xla_cpu_multi_thread_eigen=false`). `module` runs
     another entry point (`python -m module <args> --coordinator ...`), e.g. a test worker."""
     port = port or free_port()
     base = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
                 XLA_FLAGS=(f"--xla_force_host_platform_device_count={devices} "
                            + os.environ.get("TEST_XLA_EXTRA", "")),
-                JAXDIFF_HEARTBEAT_TIMEOUT="10", JAXDIFF_INIT_TIMEOUT="60",
+                JAXDIFF_HEARTBEAT_TIMEOUT=str(TEST_HEARTBEAT_S), JAXDIFF_INIT_TIMEOUT="60",
                 JAXDIFF_REUSE_HEAP="0",   # no re-exec: tiny configs gain nothing from it
                 PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
     base.update(env or {})
@@ -246,6 +267,7 @@ def start_cli(args, *, processes=2, devices=4, port=None, env=None, ids=None,
                     "--process-id", str(i)]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=base, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
+    _STARTED.extend(procs)
     return procs
 
 
