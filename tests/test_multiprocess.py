@@ -19,10 +19,10 @@ agree; the tolerance per command is what XLA:CPU's arithmetic allows:
   LCMat-S's selection may swap a near-tie (observed 1 of 143 indices), so >= 95 % is shared.
 
 Also: killing one process makes the other exit with an error within a bounded time (the
-heartbeat timeout is `helpers.TEST_HEARTBEAT_S` here), `--resume` with 2 processes continues, and a resume on another
-mesh (1 process x 4 devices) finishes with the uninterrupted result; bad start-ups (processes
-that disagree on the config or the process count, a reused id, a busy port, no coordinator,
-incomplete flags) stop every process with a message naming the problem.
+heartbeat timeout is `helpers.TEST_HEARTBEAT_S` here), `--resume` with 2 processes continues,
+and a resume on another mesh (1 process x 4 devices) finishes with the uninterrupted result;
+bad start-ups (processes that disagree on the config or the process count, a reused id, a busy
+port, no coordinator, incomplete flags) stop every process with a message naming the problem.
 """
 
 from __future__ import annotations
